@@ -1,0 +1,8 @@
+"""Entry point: ``python sheeprl.py <algorithm> [--flag value ...] [key=value ...]``."""
+
+import sys
+
+from sheeprl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""sheeprl: readable, fast, distributed deep reinforcement learning on PyTorch and Lightning Fabric."""
+
+__version__ = "0.1.0"

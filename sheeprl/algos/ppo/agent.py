@@ -1,0 +1,134 @@
+"""PPO's actor-critic: a shared observation encoder, separate actor and critic MLPs.
+
+With vector observations the encoder is the identity on the concatenated MLP keys, so actor and
+critic are the two independent MLPs of CleanRL's ppo.py; with pixels a NatureCNN is shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sheeprl.models import CNNEncoder, MLP, MLPEncoder, MultiEncoder
+from sheeprl.utils.distributions import (
+    categorical_entropy,
+    categorical_log_prob,
+    categorical_sample,
+    normal_entropy,
+    normal_log_prob,
+    normal_sample,
+)
+
+
+class PPOAgent(nn.Module):
+    """``forward(obs, actions)`` is the training path (through DDP); ``act``/``greedy`` are the rollout path."""
+
+    def __init__(self, obs_space: gym.spaces.Dict, action_space: gym.Space, cfg: Any) -> None:
+        super().__init__()
+        cnn_keys, mlp_keys = list(cfg.cnn_keys.encoder), list(cfg.mlp_keys.encoder)
+        cnn = None
+        if cnn_keys:
+            cnn = CNNEncoder(
+                cnn_keys, [obs_space[k].shape[0] for k in cnn_keys], obs_space[cnn_keys[0]].shape[-1], cfg.cnn_features_dim
+            )
+        mlp = MLPEncoder(mlp_keys, [int(np.prod(obs_space[k].shape)) for k in mlp_keys], []) if mlp_keys else None
+        self.encoder = MultiEncoder(cnn, mlp)
+        hidden = [cfg.dense_units] * cfg.mlp_layers
+
+        self.kind = type(action_space).__name__
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.nvec = [int(action_space.n)]
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            self.nvec = [int(n) for n in action_space.nvec]
+        elif isinstance(action_space, gym.spaces.Box):
+            self.nvec = []
+            self.action_dim = int(np.prod(action_space.shape))
+            self.log_std = nn.Parameter(torch.full((1, self.action_dim), float(cfg.log_std_init)))
+            self.squash = cfg.action_squash
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        else:
+            raise ValueError(f"PPO does not support {self.kind} action spaces")
+        out = sum(self.nvec) if self.nvec else self.action_dim
+        feat = self.encoder.output_dim
+        # Small final gains: near-uniform initial policy, unit-scale values (37 implementation details, #2).
+        self.actor = MLP(feat, out, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=0.01)
+        self.critic = MLP(feat, 1, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=1.0)
+
+    # ----------------------------------------------------------------------------------- distributions
+
+    def _log_prob_entropy(self, out: Tensor, actions: Tensor) -> Tuple[Tensor, Tensor]:
+        if not self.nvec:
+            log_std = self.log_std.expand_as(out)
+            return normal_log_prob(out, log_std, actions), normal_entropy(log_std)
+        if len(self.nvec) == 1:
+            return categorical_log_prob(out, actions), categorical_entropy(out)
+        logits = torch.split(out, self.nvec, dim=-1)
+        logp = sum(categorical_log_prob(lg, actions[..., i]) for i, lg in enumerate(logits))
+        ent = sum(categorical_entropy(lg) for lg in logits)
+        return logp, ent
+
+    def _sample(self, out: Tensor) -> Tensor:
+        if not self.nvec:
+            return normal_sample(out, self.log_std.expand_as(out))
+        if len(self.nvec) == 1:
+            return categorical_sample(out)
+        return torch.stack([categorical_sample(lg) for lg in torch.split(out, self.nvec, dim=-1)], dim=-1)
+
+    # ----------------------------------------------------------------------------------- paths
+
+    def forward(self, obs: Dict[str, Tensor], actions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Training: log-probabilities and entropies of ``actions`` and the state values."""
+        feat = self.encoder(obs)
+        logp, ent = self._log_prob_entropy(self.actor(feat), actions)
+        return logp, ent, self.critic(feat).squeeze(-1)
+
+    @torch.no_grad()
+    def act(self, obs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """Rollout: sampled actions (pre-squash for Box), their log-probabilities and the values."""
+        feat = self.encoder(obs)
+        out = self.actor(feat)
+        actions = self._sample(out)
+        logp, _ = self._log_prob_entropy(out, actions) if self.nvec else (self._normal_logp(out, actions), None)
+        return actions, logp, self.critic(feat).squeeze(-1)
+
+    def _normal_logp(self, mean: Tensor, actions: Tensor) -> Tensor:
+        return normal_log_prob(mean, self.log_std.expand_as(mean), actions)
+
+    @torch.no_grad()
+    def value(self, obs: Dict[str, Tensor]) -> Tensor:
+        return self.critic(self.encoder(obs)).squeeze(-1)
+
+    @torch.no_grad()
+    def greedy(self, obs: Dict[str, Tensor]) -> Tensor:
+        """The deterministic policy (mode), already mapped to the env's action space."""
+        out = self.actor(self.encoder(obs))
+        if not self.nvec:
+            return self.to_env(out)
+        if len(self.nvec) == 1:
+            return out.argmax(-1)
+        return torch.stack([lg.argmax(-1) for lg in torch.split(out, self.nvec, dim=-1)], dim=-1)
+
+    @torch.no_grad()
+    def stochastic(self, obs: Dict[str, Tensor]) -> Tensor:
+        """A sampled action mapped to the env's action space (evaluation with --stochastic)."""
+        return self.to_env(self._sample(self.actor(self.encoder(obs))))
+
+    def to_env(self, actions: Tensor) -> Tensor:
+        """Map sampled actions to the env: clip or tanh-squash Gaussian actions into the bounds."""
+        if self.nvec:
+            return actions
+        if self.squash == "tanh":
+            return self.low + (torch.tanh(actions) + 1.0) * 0.5 * (self.high - self.low)
+        return torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def build_agent(obs_space: gym.spaces.Dict, action_space: gym.Space, cfg: Any, state: Dict[str, Any] | None = None) -> PPOAgent:
+    agent = PPOAgent(obs_space, action_space, cfg.algo)
+    if state is not None:
+        agent.load_state_dict(state)
+    return agent

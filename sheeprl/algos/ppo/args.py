@@ -1,0 +1,69 @@
+"""PPO's typed arguments: defaults follow CleanRL's ppo.py ("37 implementation details") on CartPole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.registry import register_algorithm
+
+
+@dataclass
+class PPOArgs(AlgoConfig):
+    name: str = arg("ppo", "algorithm name")
+    total_steps: int = arg(100_000, "policy steps to train for (env steps summed over all envs and ranks)")
+    rollout_steps: int = arg(128, "steps per env in each rollout")
+    update_epochs: int = arg(4, "passes over each rollout")
+    minibatch_size: int = arg(128, "transitions per gradient step, per rank (must divide rollout_steps * num_envs)")
+    gamma: float = arg(0.99, "discount factor")
+    gae_lambda: float = arg(0.95, "GAE lambda")
+    clip_coef: float = arg(0.2, "surrogate clipping coefficient")
+    clip_vloss: bool = arg(True, "clip the value loss around the old value estimate")
+    ent_coef: float = arg(0.01, "entropy bonus coefficient")
+    vf_coef: float = arg(0.5, "value loss coefficient")
+    max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
+    normalize_advantages: bool = arg(True, "normalize advantages per minibatch")
+    anneal_lr: bool = arg(True, "linearly anneal the learning rate to 0")
+    target_kl: Optional[float] = arg(None, "stop the update epochs early when the approx KL exceeds this")
+    optimizer: OptimizerConfig = arg(help="Adam settings", factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5))
+    dense_units: int = arg(64, "hidden units per layer of actor and critic")
+    mlp_layers: int = arg(2, "hidden layers of actor and critic")
+    activation: str = arg("tanh", "hidden activation: tanh, relu, elu, silu, gelu")
+    ortho_init: bool = arg(True, "orthogonal weight initialization")
+    cnn_features_dim: int = arg(512, "features of the CNN encoder (pixel observations)")
+    log_std_init: float = arg(0.0, "initial log standard deviation of continuous actions")
+    action_squash: str = arg("clip", "continuous actions: 'clip' samples to the bounds, 'tanh' squashes them")
+
+
+@dataclass
+class PPOConfig(RunConfig):
+    algo: PPOArgs = arg(help="PPO settings", factory=PPOArgs)
+
+
+def validate(cfg: Any) -> None:
+    """PPO-specific checks, run by the CLI before anything is written."""
+    a = cfg.algo
+    for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
+        if a[key] < 1:
+            raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
+    batch = a.rollout_steps * cfg.env.num_envs
+    if batch % a.minibatch_size != 0:
+        raise ConfigError(
+            f"algo.minibatch_size={a.minibatch_size} does not divide the rollout of "
+            f"rollout_steps * num_envs = {a.rollout_steps} * {cfg.env.num_envs} = {batch} transitions per rank"
+        )
+    if a.action_squash not in ("clip", "tanh"):
+        raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
+    if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
+        raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+
+
+register_algorithm(
+    "ppo",
+    entry="sheeprl.algos.ppo.ppo:main",
+    schema=PPOConfig,
+    description="Proximal Policy Optimization with GAE, clipped surrogate and value losses",
+    action_spaces=("Discrete", "MultiDiscrete", "Box"),
+    validate=validate,
+)

@@ -1,0 +1,161 @@
+"""Proximal Policy Optimization, coupled: every rank collects its rollout and trains (DDP).
+
+Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
+
+    for iteration = 1, 2, ...:
+        anneal the learning rate
+        run the policy for rollout_steps in num_envs envs, storing (o, a, log pi(a|o), V(o), r, done)
+        bootstrap truncated episodes from V(real final observation)
+        compute advantages with GAE(gamma, lambda) and returns = advantages + values
+        for epoch in 1..update_epochs, for each shuffled minibatch:
+            minimize  L_clip + vf_coef * L_value - ent_coef * entropy
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+import numpy as np
+import torch
+
+from sheeprl.algos.ppo.agent import PPOAgent, build_agent
+from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, policy_loss, value_loss
+from sheeprl.data import ReplayBuffer
+from sheeprl.envs import make_vector_env
+from sheeprl.utils.returns import gae, next_values_from_rollout
+from sheeprl.utils.run import Run
+from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run) -> None:
+    """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions)."""
+    a = cfg.algo
+    obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
+    n = data.batch_size[0]
+    for _ in range(a.update_epochs):
+        kls = []
+        for idx in torch.randperm(n).split(a.minibatch_size):
+            batch = data[idx]
+            new_logp, entropy, new_values = agent({k: batch[k] for k in obs_keys}, batch["actions"])
+            adv = batch["advantages"]
+            if a.normalize_advantages and adv.numel() > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg = policy_loss(new_logp, batch["logprobs"], adv, a.clip_coef)
+            v = value_loss(new_values, batch["values"], batch["returns"], a.clip_coef, a.clip_vloss)
+            ent = entropy_loss(entropy)
+            loss = pg + a.vf_coef * v + a.ent_coef * ent
+
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if a.max_grad_norm > 0:
+                fabric.clip_gradients(agent, optimizer, max_norm=a.max_grad_norm)
+            optimizer.step()
+
+            with torch.no_grad():
+                kls.append(approx_kl(new_logp, batch["logprobs"]))
+                run.metrics.update("Loss/policy_loss", pg.detach())
+                run.metrics.update("Loss/value_loss", v.detach())
+                run.metrics.update("Loss/entropy_loss", ent.detach())
+                run.metrics.update("Info/clip_frac", ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(a.clip_coef).float().mean())
+        kl = torch.stack(kls).mean()
+        run.metrics.update("Info/approx_kl", kl)
+        # Every rank must take the same decision, or DDP's next all-reduce would wait forever.
+        if a.target_kl is not None and float(fabric.all_reduce(kl, reduce_op="mean")) > a.target_kl:
+            break
+
+
+def main(fabric: Fabric, cfg: Any) -> None:
+    run = Run(fabric, cfg)
+    a = cfg.algo
+    world = fabric.world_size
+    num_envs = cfg.env.num_envs
+    obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
+
+    # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
+    env_seed = cfg.seed + fabric.global_rank * num_envs
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+
+    agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
+    optimizer = torch.optim.Adam(
+        agent.parameters(), lr=a.optimizer.lr, eps=a.optimizer.eps, betas=tuple(a.optimizer.betas),
+        weight_decay=a.optimizer.weight_decay,
+    )
+    steps_per_iter = a.rollout_steps * num_envs * world
+    num_iters = max(1, a.total_steps // steps_per_iter)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
+    )
+    if run.state:
+        agent.load_state_dict(run.state["agent"])
+        optimizer.load_state_dict(run.state["optimizer"])
+        scheduler.load_state_dict(run.state["scheduler"])
+    agent_ddp, optimizer = fabric.setup(agent, optimizer)
+    player = agent  # the raw module: rollouts need no DDP hooks
+    player.to(fabric.device)
+
+    rb = ReplayBuffer(a.rollout_steps, num_envs, obs_keys=obs_keys, device="cpu")
+    policy_step = run.start_step
+    start_iter = policy_step // steps_per_iter + 1
+
+    def state_fn() -> Dict[str, Any]:
+        return {"agent": player.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+    obs, _ = envs.reset(seed=env_seed)
+    run.restore_rank_state(envs)
+    next_obs = obs_to_torch(obs, fabric.device)
+    gamma = a.gamma
+    for iteration in range(start_iter, num_iters + 1):
+        # ---- collect a rollout with the current policy
+        rb.reset()
+        with run.timer("env"):
+            for _ in range(a.rollout_steps):
+                policy_step += num_envs * world
+                actions, logprobs, values = player.act(next_obs)
+                obs, rewards, terminated, truncated, infos = envs.step(player.to_env(actions).cpu().numpy())
+                dones = terminated | truncated
+                # A truncated episode continues in theory: bootstrap it from its real final observation.
+                bootstrap = torch.zeros(num_envs)
+                cut = truncated & ~terminated
+                if cut.any():
+                    final = obs_to_torch(final_obs_batch(infos, cut, obs_keys), fabric.device)
+                    bootstrap[torch.from_numpy(cut)] = player.value(final).cpu()
+                rb.add(
+                    {
+                        **{k: v[None] for k, v in next_obs.items()},
+                        "actions": actions[None],
+                        "logprobs": logprobs[None],
+                        "values": values[None],
+                        "rewards": torch.as_tensor(rewards, dtype=torch.float32)[None],
+                        "terminated": torch.from_numpy(terminated)[None],
+                        "dones": torch.from_numpy(dones)[None],
+                        "bootstrap": bootstrap[None],
+                    }
+                )
+                next_obs = obs_to_torch(obs, fabric.device)
+                run.record_episodes(infos)
+
+        # ---- advantages: next_values[t] is V(s_{t+1}) of the same episode (the bootstrap at a cut)
+        with run.timer("train"):
+            data = rb.to_tensordict()
+            values = data["values"]
+            next_values = next_values_from_rollout(values, player.value(next_obs).cpu(), data["dones"], data["bootstrap"])
+            advantages, returns = gae(
+                data["rewards"], values, next_values, data["terminated"], data["dones"], gamma, a.gae_lambda
+            )
+            data["advantages"], data["returns"] = advantages, returns
+            train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run)
+            run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            scheduler.step()
+
+        run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(player.greedy, envs, policy_step)
+        run.maybe_checkpoint(policy_step, state_fn, envs)
+        if run.should_stop():
+            break
+
+    run.finish(policy_step, state_fn, envs, act=player.greedy)
+    envs.close()

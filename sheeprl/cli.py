@@ -1,0 +1,414 @@
+"""Command line: argv -> Hydra overrides -> composed, schema-checked config -> registry -> Fabric launch.
+
+``--flag value`` and ``key=value`` are two spellings of one thing: a flag resolves to the unique
+schema key whose dotted path, underscore path, leaf, ``group_leaf`` or ``parent_leaf`` matches
+(``--num_envs`` -> ``env.num_envs``, ``--env_id`` -> ``env.id``, ``--optimizer_lr`` -> ``algo.optimizer.lr``).
+
+Every user-caused error ends with one line on stderr and exit code 2, before any run folder
+exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from sheeprl.config import ConfigError, validate_common
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_GROUPS = ("algo", "env", "exp", "fabric", "buffer", "checkpoint", "metric")
+EXIT_USAGE = 2
+
+# Sub-commands that are not algorithms: name -> "module:function" taking argv, returning an exit code.
+COMMANDS: Dict[str, Tuple[str, str]] = {}
+
+
+class UsageError(Exception):
+    """A user-caused error: printed on one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaField:
+    key: str  # dotted path, e.g. "algo.optimizer.lr"
+    type: Any
+    default: Any
+    help: str
+
+    @property
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+    @property
+    def is_bool(self) -> bool:
+        return _strip_optional(self.type) is bool
+
+    @property
+    def is_list(self) -> bool:
+        return typing.get_origin(_strip_optional(self.type)) in (list, List)
+
+    @property
+    def is_str(self) -> bool:
+        return _strip_optional(self.type) is str
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _type_name(tp: Any) -> str:
+    optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+    base = _strip_optional(tp)
+    origin = typing.get_origin(base)
+    if origin in (list, List):
+        name = f"list[{_type_name(typing.get_args(base)[0])}]"
+    elif origin in (dict, Dict):
+        name = "dict"
+    else:
+        name = getattr(base, "__name__", str(base))
+    return f"{name}?" if optional else name
+
+
+def schema_fields(schema: type, prefix: str = "", instance: Any = None) -> List[SchemaField]:
+    """Flatten a dataclass schema into its leaf fields (nested dataclasses are groups, defaults from the parent)."""
+    out: List[SchemaField] = []
+    hints = typing.get_type_hints(schema)
+    instance = schema() if instance is None else instance
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(schema_fields(type(value), key + ".", value))
+        else:
+            out.append(SchemaField(key, tp, value, f.metadata.get("help", "")))
+    return out
+
+
+def resolve_flag(flag: str, fields: Sequence[SchemaField]) -> SchemaField:
+    """Map a flag name (without dashes) to its unique schema field."""
+    by_key = {f.key: f for f in fields}
+    if flag in by_key:
+        return by_key[flag]
+    candidates = []
+    for f in fields:
+        parts = f.key.split(".")
+        spellings = {f.key.replace(".", "_"), parts[-1]}
+        if len(parts) > 1:
+            spellings.add(f"{parts[0]}_{parts[-1]}")
+            spellings.add(f"{parts[-2]}_{parts[-1]}")
+        if flag in spellings:
+            candidates.append(f)
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        # Prefer the shortest spelling match (a top-level leaf wins over nested ones).
+        top = [c for c in candidates if c.key == flag or c.key.split(".")[-1] == flag and "." not in c.key]
+        if len(top) == 1:
+            return top[0]
+        names = ", ".join("--" + c.key for c in candidates)
+        raise UsageError(f"ambiguous flag --{flag}: it matches {names}; use the dotted key")
+    raise UsageError(f"unknown flag --{flag}{_did_you_mean(flag, _all_spellings(fields))}")
+
+
+def _all_spellings(fields: Sequence[SchemaField]) -> List[str]:
+    names = []
+    for f in fields:
+        parts = f.key.split(".")
+        names += [f.key, parts[-1]]
+        if len(parts) > 1:
+            names.append(f"{parts[0]}_{parts[-1]}")
+    return names
+
+
+def _did_you_mean(word: str, choices: Sequence[str], prefix: str = "--") -> str:
+    close = difflib.get_close_matches(word, list(dict.fromkeys(choices)), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?)"
+
+
+# --------------------------------------------------------------------------------------------- argv
+
+
+def _quote(value: str) -> str:
+    """Quote a string value for Hydra's override grammar when it has characters the grammar reserves."""
+    if value == "" or any(c in value for c in " ,[]{}()'\"=:\\$#"):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return value
+
+
+def _format_value(field: SchemaField, value: str) -> str:
+    if field.is_list and not value.startswith("["):
+        return "[" + value + "]"
+    if field.is_str and value not in ("null", "None"):
+        return _quote(value)
+    return value
+
+
+def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> List[str]:
+    """Turn ``--flag value`` / ``--flag=value`` / ``key=value`` tokens into Hydra override strings."""
+    overrides: List[str] = []
+    by_key = {f.key: f for f in fields}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok.startswith("--") and len(tok) > 2:
+            name, eq, value = tok[2:].partition("=")
+            field = resolve_flag(name, fields)
+            if not eq:
+                nxt = args[i + 1] if i + 1 < len(args) else None
+                takes_next = nxt is not None and not nxt.startswith("--") and not (field.is_bool and "=" in nxt)
+                if field.is_bool and (nxt is None or not takes_next or nxt.lower() not in _BOOL_WORDS):
+                    value = "true"
+                elif takes_next:
+                    value = nxt
+                    i += 1
+                else:
+                    raise UsageError(f"flag --{name} needs a value ({field.key}: {field.type_name})")
+            overrides.append(f"{field.key}={_format_value(field, value)}")
+        elif "=" in tok and not tok.startswith("-"):
+            key, _, value = tok.partition("=")
+            bare = key.lstrip("+~")
+            if bare in CONFIG_GROUPS:
+                options = [p.stem for p in (CONFIG_DIR / bare).glob("*.yaml")]
+                if value not in options and value != "null":
+                    raise UsageError(f"unknown preset {bare}={value}{_did_you_mean(value, options, prefix=bare + '=')}")
+            elif _under_dict_field(bare, fields):
+                tok = f"++{bare}={value}"  # free-form dicts (e.g. env.kwargs) accept new keys
+            elif bare not in by_key:
+                raise UsageError(f"unknown config key '{bare}'{_did_you_mean(bare, list(by_key), prefix='')}")
+            overrides.append(tok)
+        else:
+            raise UsageError(f"unexpected argument '{tok}' (flags look like --num_envs 8, overrides like env.id=X)")
+        i += 1
+    return overrides
+
+
+_BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+
+
+def _under_dict_field(key: str, fields: Sequence[SchemaField]) -> bool:
+    return any(key.startswith(f.key + ".") and f.type_name.startswith("dict") for f in fields)
+
+
+# --------------------------------------------------------------------------------------------- compose
+
+
+def _preset_algo(name: str) -> str:
+    """The algorithm an ``exp=`` preset selects (its ``override /algo: X`` default)."""
+    import yaml
+
+    path = CONFIG_DIR / "exp" / f"{name}.yaml"
+    if not path.is_file():
+        presets = [p.stem for p in (CONFIG_DIR / "exp").glob("*.yaml")]
+        raise UsageError(f"unknown preset exp={name}{_did_you_mean(name, presets, prefix='exp=')}")
+    data = yaml.safe_load(path.read_text()) or {}
+    for item in data.get("defaults", []):
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if k.replace("override", "").strip().lstrip("/") == "algo":
+                    return str(v)
+    raise UsageError(f"preset exp={name} does not select an algorithm (add 'override /algo: NAME' to its defaults)")
+
+
+def compose_config(spec: Any, overrides: Sequence[str]) -> Any:
+    """Compose ``configs/`` on top of the algorithm's typed schema; returns a struct DictConfig."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="sheeprl_schema", node=spec.schema)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"algo={spec.name}", *overrides])
+    except Exception as err:  # Hydra wraps OmegaConf's errors; keep the most specific line.
+        raise UsageError(_compose_error(err)) from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _compose_error(err: BaseException) -> str:
+    chain: List[BaseException] = []
+    cur: Optional[BaseException] = err
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    # OmegaConf's errors know the offending key; prefer the first of them, else the innermost error.
+    keyed = [e for e in chain if getattr(e, "full_key", None)]
+    inner = keyed[0] if keyed else chain[-1]
+    msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    key = getattr(inner, "full_key", None)
+    return f"invalid value for {key}: {msg}" if key else msg
+
+
+def _check_env(spec: Any, cfg: Any) -> None:
+    from sheeprl.envs import EnvError, check_env_id, make_env
+
+    try:
+        check_env_id(cfg.env.id)
+        env = make_env(cfg, seed=cfg.seed, idx=0)()
+    except EnvError as err:
+        raise UsageError(str(err)) from None
+    try:
+        kind = type(env.action_space).__name__
+    finally:
+        env.close()
+    if kind not in spec.action_spaces:
+        allowed = ", ".join(spec.action_spaces)
+        raise UsageError(f"{spec.name} does not support {kind} action spaces ({cfg.env.id}); it supports: {allowed}")
+
+
+def _world_size(cfg: Any) -> int:
+    from lightning.fabric.connector import _is_using_cli
+
+    if _is_using_cli():
+        devices = os.environ.get("LT_DEVICES", "1")
+        nodes = int(os.environ.get("LT_NUM_NODES", "1"))
+        return (int(devices) if devices.isdigit() else 1) * nodes
+    return cfg.fabric.devices * cfg.fabric.num_nodes
+
+
+def build_config(algo: str, args: Sequence[str]) -> Tuple[Any, Any]:
+    """Everything up to (not including) the launch: returns (spec, cfg) or raises UsageError."""
+    from sheeprl.registry import get_algorithm, load_algorithms
+
+    spec = get_algorithm(algo)
+    if spec is None:
+        raise UsageError(
+            f"unknown algorithm '{algo}'{_did_you_mean(algo, list(load_algorithms()), prefix='')}; "
+            "run 'python sheeprl.py --sheeprl_help' to list them"
+        )
+    fields = schema_fields(spec.schema)
+    overrides = argv_to_overrides(args, fields)
+    cfg = compose_config(spec, overrides)
+    try:
+        validate_common(cfg)
+        if spec.validate is not None:
+            spec.validate(cfg)
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if _world_size(cfg) < spec.min_devices:
+        raise UsageError(f"{spec.name} is decoupled: it needs at least 2 processes (a player and a trainer); use --devices 2 or more")
+    _check_env(spec, cfg)
+    return spec, cfg
+
+
+def launch(spec: Any, cfg: Any) -> Any:
+    """Create Fabric and run the entry on every rank (directly when processes already exist under ``fabric run``)."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.connector import _is_using_cli
+
+    if _is_using_cli():
+        # `fabric run` already created the processes and passes its flags through the environment.
+        fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
+        return spec.load_entry()(fabric, cfg)
+    fabric = Fabric(
+        accelerator=cfg.fabric.accelerator,
+        devices=cfg.fabric.devices,
+        num_nodes=cfg.fabric.num_nodes,
+        precision=cfg.fabric.precision,
+        strategy=cfg.fabric.strategy,
+    )
+    return fabric.launch(spec.load_entry(), cfg)
+
+
+# --------------------------------------------------------------------------------------------- help
+
+
+def print_algorithms() -> None:
+    from sheeprl.registry import load_algorithms
+
+    algos = load_algorithms()
+    print("usage: python sheeprl.py <algorithm> [--flag value ...] [key=value ...]\n\nalgorithms:")
+    width = max((len(n) for n in algos), default=4)
+    for name in sorted(algos):
+        s = algos[name]
+        kind = "decoupled" if s.decoupled else "coupled"
+        print(f"  {name:<{width}}  [{kind}; {', '.join(s.action_spaces)}]  {s.description}")
+    if COMMANDS:
+        print("\ncommands:")
+        for name in sorted(COMMANDS):
+            print(f"  {name:<{width}}  python sheeprl.py {name} -h")
+    print("\npython sheeprl.py <algorithm> -h lists every argument of a run.")
+
+
+def print_arguments(spec: Any) -> None:
+    fields = schema_fields(spec.schema)
+    print(f"usage: python sheeprl.py {spec.name} [--flag value ...] [key=value ...] [exp=PRESET]\n")
+    print(f"{spec.name}: {spec.description}\n")
+    rows = []
+    for f in fields:
+        parts = f.key.split(".")
+        flag = "--" + (parts[-1] if _unique_leaf(parts[-1], fields) else f.key)
+        default = "null" if f.default is None else repr(f.default) if isinstance(f.default, str) else f.default
+        rows.append((f.key, flag, f.type_name, str(default), f.help))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("key", "flag", "type", "default", "description")
+    for r in [header, *rows]:
+        print("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4])
+
+
+def _unique_leaf(leaf: str, fields: Sequence[SchemaField]) -> bool:
+    try:
+        return resolve_flag(leaf, fields).key.split(".")[-1] == leaf
+    except UsageError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def _split_algo(argv: List[str]) -> Tuple[Optional[str], List[str]]:
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        return argv[0], argv[1:]
+    for tok in argv:
+        if tok.startswith("algo="):
+            return tok.split("=", 1)[1], [t for t in argv if t is not tok]
+    for tok in argv:
+        if tok.startswith("exp="):
+            return _preset_algo(tok.split("=", 1)[1]), argv
+    return None, argv
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or argv[0] in ("--sheeprl_help", "--help", "-h"):
+            print_algorithms()
+            return 0
+        if argv[0] in COMMANDS:
+            import importlib
+
+            module, func = COMMANDS[argv[0]]
+            return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        algo, rest = _split_algo(argv)
+        if algo is None:
+            raise UsageError("no algorithm given; run 'python sheeprl.py --sheeprl_help' to list them")
+        if "-h" in rest or "--help" in rest:
+            from sheeprl.registry import get_algorithm, load_algorithms
+
+            spec = get_algorithm(algo)
+            if spec is None:
+                raise UsageError(f"unknown algorithm '{algo}'{_did_you_mean(algo, list(load_algorithms()), prefix='')}")
+            print_arguments(spec)
+            return 0
+        spec, cfg = build_config(algo, rest)
+    except UsageError as err:
+        print(f"sheeprl: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    launch(spec, cfg)
+    return 0

@@ -1,0 +1,143 @@
+"""The typed schema shared by every run: env, fabric, buffer, checkpoint and metric groups.
+
+Each algorithm's ``args.py`` subclasses :class:`AlgoConfig` and :class:`RunConfig`; the CLI
+merges Hydra's YAML on top of that schema, so a wrong key or type fails before anything runs.
+Every field carries a one-line ``help`` that ``python sheeprl.py <algo> -h`` prints.
+
+This module must stay import-light (no torch): ``--sheeprl_help`` and ``-h`` read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+def arg(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
+    """A dataclass field with a help string (``factory`` for mutable defaults)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration error: the CLI prints it on one line and exits with code 2."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = arg("CartPole-v1", "Gymnasium environment id (e.g. CartPole-v1, Pendulum-v1, HalfCheetah-v5)")
+    num_envs: int = arg(4, "parallel environments per rank")
+    sync_env: bool = arg(True, "SyncVectorEnv when true, AsyncVectorEnv (one process per env) when false")
+    action_repeat: int = arg(1, "repeat every action this many times (rewards are summed)")
+    frame_stack: int = arg(1, "stack the last N observations (1 = off)")
+    screen_size: int = arg(64, "side of pixel observations after resizing")
+    grayscale: bool = arg(False, "convert pixel observations to grayscale")
+    from_pixels: bool = arg(False, "add the rendered frame as the 'rgb' observation key")
+    clip_actions: bool = arg(True, "clip continuous actions to the action space bounds")
+    normalize_observation: bool = arg(False, "normalize MLP observations with running mean/std (saved in checkpoints)")
+    normalize_reward: bool = arg(False, "scale rewards by the running std of the discounted return (saved in checkpoints)")
+    clip_observation: float = arg(10.0, "clip normalized observations to [-x, x]")
+    clip_reward: float = arg(10.0, "clip normalized rewards to [-x, x]")
+    mask_velocities: bool = arg(False, "hide velocity entries of classic-control observations (a POMDP)")
+    max_episode_steps: Optional[int] = arg(None, "override the env's time limit (null = the env's own)")
+    capture_video: bool = arg(False, "record videos of the first env of rank 0 into the run folder's videos/")
+    video_every: int = arg(50, "with capture_video, record one episode every this many episodes")
+    kwargs: Dict[str, Any] = arg(help="extra keyword arguments for gymnasium.make", factory=dict)
+
+
+@dataclass
+class FabricConfig:
+    accelerator: str = arg("cpu", "Lightning accelerator: cpu, cuda, gpu, mps or auto")
+    devices: int = arg(1, "processes (devices) per node")
+    num_nodes: int = arg(1, "number of nodes")
+    precision: str = arg("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, ...")
+    strategy: str = arg("auto", "Lightning strategy: auto, ddp, ... (auto picks ddp for several devices)")
+    num_threads: Optional[int] = arg(None, "torch threads per process (null = cores available / local processes)")
+
+
+@dataclass
+class BufferConfig:
+    size: int = arg(1_000_000, "replay buffer capacity in transitions per env (off-policy algorithms)")
+    memmap: bool = arg(False, "store the buffer in memory-mapped files inside the run folder")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = arg(50_000, "save a checkpoint every this many policy steps (0 = never, only at the end)")
+    keep_last: int = arg(3, "keep only the newest K checkpoints (0 = keep all)")
+    save_last: bool = arg(True, "save a checkpoint when training ends")
+    save_buffer: bool = arg(False, "include the replay buffer in checkpoints (off-policy algorithms)")
+    resume_from: Optional[str] = arg(None, "path of a checkpoint to resume training from")
+
+
+@dataclass
+class MetricConfig:
+    log_every: int = arg(5_000, "aggregate and log metrics every this many policy steps")
+    log_level: int = arg(1, "0 = log nothing, 1 = log metrics to TensorBoard")
+    console_every: float = arg(10.0, "seconds between plain progress lines when stdout is not a terminal")
+
+
+@dataclass
+class KeysConfig:
+    encoder: List[str] = arg(help="observation keys fed to this encoder", factory=list)
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = arg(3e-4, "learning rate")
+    eps: float = arg(1e-8, "Adam epsilon")
+    weight_decay: float = arg(0.0, "weight decay")
+    betas: List[float] = arg(help="Adam betas", factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class AlgoConfig:
+    """Fields every algorithm has; an algorithm's ``args.py`` subclasses it."""
+
+    name: str = arg("???", "algorithm name")
+    total_steps: int = arg(100_000, "policy steps to train for (env steps summed over all envs and ranks)")
+    cnn_keys: KeysConfig = arg(help="observation keys for the CNN encoder", factory=KeysConfig)
+    mlp_keys: KeysConfig = arg(help="observation keys for the MLP encoder", factory=lambda: KeysConfig(["state"]))
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``algo`` is replaced by the algorithm's own schema in its ``args.py``."""
+
+    algo: AlgoConfig = arg(help="algorithm settings", factory=AlgoConfig)
+    env: EnvConfig = arg(help="environment settings", factory=EnvConfig)
+    fabric: FabricConfig = arg(help="Lightning Fabric settings", factory=FabricConfig)
+    buffer: BufferConfig = arg(help="replay buffer settings", factory=BufferConfig)
+    checkpoint: CheckpointConfig = arg(help="checkpoint settings", factory=CheckpointConfig)
+    metric: MetricConfig = arg(help="logging settings", factory=MetricConfig)
+    seed: int = arg(42, "random seed (rank r uses seed + r)")
+    run_name: Optional[str] = arg(None, "name appended to the run folder (default: <algo>_seed<seed>)")
+    log_root: str = arg("logs/runs", "root folder of run folders")
+    eval_episodes: int = arg(10, "greedy evaluation episodes at the end of training (0 = skip)")
+    eval_every: int = arg(0, "also evaluate greedily every this many policy steps (0 = only at the end)")
+    torch_deterministic: bool = arg(False, "use deterministic torch algorithms")
+
+
+def validate_common(cfg: Any) -> None:
+    """Checks every algorithm shares; raises ConfigError with a one-line message."""
+    positive = {
+        "env.num_envs": cfg.env.num_envs,
+        "env.action_repeat": cfg.env.action_repeat,
+        "env.frame_stack": cfg.env.frame_stack,
+        "fabric.devices": cfg.fabric.devices,
+        "fabric.num_nodes": cfg.fabric.num_nodes,
+        "algo.total_steps": cfg.algo.total_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key in ("checkpoint.every", "checkpoint.keep_last", "metric.log_every", "eval_episodes", "eval_every"):
+        group, _, leaf = key.rpartition(".")
+        value = cfg[group][leaf] if group else cfg[leaf]
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.fabric.num_threads is not None and cfg.fabric.num_threads < 1:
+        raise ConfigError(f"fabric.num_threads must be >= 1, got {cfg.fabric.num_threads}")
+    if not cfg.algo.cnn_keys.encoder and not cfg.algo.mlp_keys.encoder:
+        raise ConfigError("select at least one observation key: algo.cnn_keys.encoder or algo.mlp_keys.encoder")

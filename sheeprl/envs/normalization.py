@@ -1,0 +1,250 @@
+"""Vector-level observation and reward normalization, and their checkpointable state.
+
+They wrap the whole ``VectorEnv`` so that all sub-envs share one set of statistics and a run has
+one state to save. Unlike Gymnasium's wrappers they work on dict observations and also normalize
+the per-env dicts in ``infos["final_obs"]`` (needed to bootstrap truncated episodes consistently).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.vector.utils import batch_space
+
+from sheeprl.envs.errors import EnvError
+
+W = TypeVar("W", bound=VectorWrapper)
+
+
+class RunningMeanStd:
+    """Running mean and variance over a batch axis (Chan et al.'s parallel update), in float64."""
+
+    __slots__ = ("count", "mean", "var")
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)  # a tiny prior count avoids dividing by zero before the first update
+
+    def update(self, batch: np.ndarray) -> None:
+        """Fold a batch ``(N, *shape)`` into the statistics."""
+        # Called every env step on tiny arrays, where each numpy call costs ~1 us: few calls, in place where possible.
+        n = batch.shape[0]
+        batch_mean = np.add.reduce(batch, axis=0, dtype=np.float64)
+        batch_mean /= n
+        centered = batch - batch_mean
+        centered *= centered
+        batch_m2 = np.add.reduce(centered, axis=0)
+        delta = batch_mean - self.mean
+        total = self.count + n
+        weight = n / total
+        self.mean = self.mean + delta * weight
+        delta *= delta
+        delta *= self.count * weight
+        m2 = self.var * self.count
+        m2 += batch_m2
+        m2 += delta
+        m2 /= total
+        self.var = m2
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python values: safe for ``torch.load(weights_only=True)``, YAML and JSON."""
+        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": float(self.count)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        if mean.shape != self.mean.shape:
+            raise EnvError(f"normalization statistics have shape {mean.shape}, the env needs {self.mean.shape}")
+        self.mean = mean
+        self.var = np.asarray(state["var"], dtype=np.float64).reshape(mean.shape)
+        self.count = float(state["count"])
+
+
+class NormalizeDictObservation(VectorWrapper):
+    """Normalize some float keys of dict observations to zero mean, unit variance, clipped to ``+-clip``.
+
+    Statistics update on every ``reset``/``step`` while ``training`` is true. Observations returned by
+    ``step``/``reset`` are normalized in place: the wrapped vector env must return fresh arrays
+    (Gymnasium's vector envs do with ``copy=True``, their default). ``infos["final_obs"]`` dicts are
+    replaced by normalized copies.
+    """
+
+    def __init__(
+        self, env: VectorEnv, keys: Sequence[str], clip: float = 10.0, epsilon: float = 1e-8, training: bool = True
+    ) -> None:
+        super().__init__(env)
+        space = env.single_observation_space
+        if not isinstance(space, spaces.Dict):
+            raise TypeError("NormalizeDictObservation needs Dict observations")
+        self.keys = tuple(keys)
+        self.clip = float(clip)
+        self.epsilon = float(epsilon)
+        self.training = training
+        self.rms = {key: RunningMeanStd(space[key].shape) for key in self.keys}
+        # float32 copies of mean and 1/std, refreshed after each update, so the hot path does not cast.
+        self._shifts: dict[str, np.ndarray] = {}
+        self._scales: dict[str, np.ndarray] = {}
+        for key in self.keys:
+            self._refresh(key)
+        normalized = dict(space.spaces)
+        for key in self.keys:
+            normalized[key] = spaces.Box(-self.clip, self.clip, space[key].shape, np.float32)
+        self.single_observation_space = spaces.Dict(normalized)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self._process(obs, infos)
+        return obs, infos
+
+    def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        self._process(obs, infos)
+        return obs, rewards, terminations, truncations, infos
+
+    def _process(self, obs: dict[str, np.ndarray], infos: dict[str, Any]) -> None:
+        for key in self.keys:
+            x = obs[key]
+            if self.training:
+                self.rms[key].update(x)
+                self._refresh(key)
+            x -= self._shifts[key]
+            x *= self._scales[key]
+            np.clip(x, -self.clip, self.clip, out=x)
+        final_obs = infos.get("final_obs")
+        if final_obs is not None:
+            # Done steps only, so a Python loop over the finished envs is cheap.
+            for i in np.flatnonzero(infos["_final_obs"]):
+                final_obs[i] = self.normalize(final_obs[i])
+
+    def _refresh(self, key: str) -> None:
+        rms = self.rms[key]
+        self._shifts[key] = rms.mean.astype(np.float32)
+        self._scales[key] = (1.0 / np.sqrt(rms.var + self.epsilon)).astype(np.float32)
+
+    def normalize(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """A normalized copy of ``obs`` (batched or single) with the current statistics; no update."""
+        out = dict(obs)
+        for key in self.keys:
+            if key in out:
+                # Same float32 ops as the in-place path, so both give bit-identical results.
+                x = np.array(out[key], dtype=np.float32)
+                x -= self._shifts[key]
+                x *= self._scales[key]
+                out[key] = np.clip(x, -self.clip, self.clip, out=x)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: rms.state_dict() for key, rms in self.rms.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.keys):
+            raise EnvError(f"observation statistics are for keys {sorted(state)}, the env normalizes {list(self.keys)}")
+        for key, rms_state in state.items():
+            self.rms[key].load_state_dict(rms_state)
+            self._refresh(key)
+
+
+class NormalizeReward(VectorWrapper):
+    """Scale rewards by the running std of each env's discounted return, clipped to ``+-clip``.
+
+    The per-env return ``G <- gamma * G + r`` is reset to 0 when an episode ends (or on ``reset``).
+    """
+
+    def __init__(
+        self, env: VectorEnv, gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8, training: bool = True
+    ) -> None:
+        super().__init__(env)
+        self.gamma = float(gamma)
+        self.clip = float(clip)
+        self.epsilon = float(epsilon)
+        self.training = training
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(self.num_envs, dtype=np.float64)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        mask = None if options is None else options.get("reset_mask")
+        if mask is None:
+            self.returns[:] = 0.0
+        else:
+            self.returns[mask] = 0.0
+        return obs, infos
+
+    def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        self.returns *= self.gamma
+        self.returns += rewards
+        if self.training:
+            self.rms.update(self.returns)
+        rewards = np.clip(rewards / np.sqrt(self.rms.var + self.epsilon), -self.clip, self.clip)
+        self.returns[terminations | truncations] = 0.0
+        return obs, rewards, terminations, truncations, infos
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"return_rms": self.rms.state_dict(), "returns": self.returns.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rms.load_state_dict(state["return_rms"])
+        returns = np.asarray(state.get("returns", ()), dtype=np.float64)
+        # A different number of envs (e.g. resuming with another num_envs) starts fresh returns.
+        self.returns = returns if returns.shape == (self.num_envs,) else np.zeros(self.num_envs, dtype=np.float64)
+
+
+def find_wrapper(envs: VectorEnv, cls: type[W]) -> W | None:
+    """The first wrapper of type ``cls`` in the ``VectorWrapper`` chain of ``envs``, or None."""
+    env: Any = envs
+    while True:
+        if isinstance(env, cls):
+            return env
+        if not isinstance(env, VectorWrapper):
+            return None
+        env = env.env
+
+
+def get_env_state(envs: VectorEnv) -> dict[str, Any]:
+    """Normalization statistics of ``envs`` for a checkpoint (plain Python values); ``{}`` if none.
+
+    Keys: ``"obs_rms"`` ({key: {"mean", "var", "count"}}) with observation normalization;
+    ``"return_rms"`` and ``"returns"`` (per-env discounted return) with reward normalization.
+    """
+    state: dict[str, Any] = {}
+    obs_norm = find_wrapper(envs, NormalizeDictObservation)
+    if obs_norm is not None:
+        state["obs_rms"] = obs_norm.state_dict()
+    rew_norm = find_wrapper(envs, NormalizeReward)
+    if rew_norm is not None:
+        state.update(rew_norm.state_dict())
+    return state
+
+
+def set_env_state(envs: VectorEnv, state: dict[str, Any]) -> None:
+    """Load what :func:`get_env_state` saved; parts for wrappers ``envs`` does not have are ignored.
+
+    That lets an evaluation env (no reward normalization) take a training env's state.
+    """
+    obs_norm = find_wrapper(envs, NormalizeDictObservation)
+    if obs_norm is not None and "obs_rms" in state:
+        obs_norm.load_state_dict(state["obs_rms"])
+    rew_norm = find_wrapper(envs, NormalizeReward)
+    if rew_norm is not None and "return_rms" in state:
+        rew_norm.load_state_dict(state)
+
+
+def set_normalization_training(envs: VectorEnv, training: bool) -> None:
+    """Freeze (False) or resume (True) updates of every normalization statistic of ``envs``."""
+    for cls in (NormalizeDictObservation, NormalizeReward):
+        wrapper = find_wrapper(envs, cls)
+        if wrapper is not None:
+            wrapper.training = training
+
+
+def normalize_obs(envs: VectorEnv, obs: dict[str, Any]) -> dict[str, Any]:
+    """``obs`` normalized with the current statistics of ``envs`` (a copy); ``obs`` itself if none."""
+    obs_norm = find_wrapper(envs, NormalizeDictObservation)
+    return obs if obs_norm is None else obs_norm.normalize(obs)

@@ -1,0 +1,113 @@
+"""Algorithm and evaluation registry.
+
+An algorithm registers itself in its light ``args.py`` (next to its schema), naming its entry
+function explicitly::
+
+    register_algorithm(
+        "ppo", entry="sheeprl.algos.ppo.ppo:main", schema=PPOConfig,
+        description="...", action_spaces=("Discrete", "Box"), validate=validate,
+    )
+
+The entry module (which imports torch, tensordict, Lightning, ...) is imported only when the
+algorithm runs, so ``--sheeprl_help`` and ``<algo> -h`` cost little more than importing torch.
+Names are explicit, never derived from file names, and the CLI never special-cases an
+algorithm: everything it knows comes from the :class:`AlgorithmSpec`.
+
+A checkpoint evaluation registers with ``@register_evaluation("ppo")`` on a function in the
+algorithm's package; the evaluation command imports the entry module (which imports it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    entry: str  # "package.module:function", called as function(fabric, cfg)
+    schema: type
+    description: str
+    action_spaces: Tuple[str, ...]
+    decoupled: bool = False
+    validate: Optional[Callable[[Any], None]] = None
+
+    @property
+    def min_devices(self) -> int:
+        # A decoupled run needs a player (rank 0) and at least one trainer.
+        return 2 if self.decoupled else 1
+
+    def load_entry(self) -> Callable[..., Any]:
+        module, _, func = self.entry.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+
+ALGORITHMS: Dict[str, AlgorithmSpec] = {}
+_EVALUATIONS: Dict[str, Callable[..., Any]] = {}
+
+
+def register_algorithm(
+    name: str,
+    *,
+    entry: str,
+    schema: type,
+    description: str,
+    action_spaces: Sequence[str] = ("Discrete", "Box"),
+    decoupled: bool = False,
+    validate: Optional[Callable[[Any], None]] = None,
+) -> AlgorithmSpec:
+    """Register algorithm ``name``; ``validate(cfg)`` raises ConfigError on bad input before anything is written."""
+    if ":" not in entry:
+        raise ValueError(f"entry of '{name}' must look like 'package.module:function', got '{entry}'")
+    spec = AlgorithmSpec(name, entry, schema, description, tuple(action_spaces), decoupled, validate)
+    if name in ALGORITHMS and ALGORITHMS[name] != spec:
+        raise ValueError(f"algorithm '{name}' is registered twice")
+    ALGORITHMS[name] = spec
+    return spec
+
+
+def register_evaluation(algorithms: str | Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(fabric, cfg, state, **options)`` as the checkpoint evaluation of one or more algorithms."""
+    names = [algorithms] if isinstance(algorithms, str) else list(algorithms)
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for n in names:
+            _EVALUATIONS[n] = fn
+        return fn
+
+    return decorator
+
+
+def get_evaluation(name: str) -> Optional[Callable[..., Any]]:
+    """The evaluation of algorithm ``name`` (imports its entry module, which registers it)."""
+    spec = get_algorithm(name)
+    if spec is not None and name not in _EVALUATIONS:
+        spec.load_entry()
+    return _EVALUATIONS.get(name)
+
+
+_LOADED = False
+
+
+def load_algorithms() -> Dict[str, AlgorithmSpec]:
+    """Import every ``sheeprl.algos.<name>.args`` module once; they register their algorithms."""
+    global _LOADED
+    if not _LOADED:
+        import sheeprl.algos as algos_pkg
+
+        for info in pkgutil.iter_modules(algos_pkg.__path__, prefix="sheeprl.algos."):
+            if info.ispkg:
+                try:
+                    importlib.import_module(info.name + ".args")
+                except ModuleNotFoundError as err:
+                    if err.name != info.name + ".args":
+                        raise
+        _LOADED = True
+    return ALGORITHMS
+
+
+def get_algorithm(name: str) -> Optional[AlgorithmSpec]:
+    return load_algorithms().get(name)

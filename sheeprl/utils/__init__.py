@@ -1,0 +1,1 @@
+"""Shared utilities: returns, distributions, logging, metrics, checkpoints, run plumbing."""

@@ -1,0 +1,118 @@
+"""Checkpoints that resume exactly: atomic writes, keep-last-K, per-rank RNG and env statistics.
+
+Rank 0 writes ``<run>/checkpoint/ckpt_<policy_step>_0.ckpt`` holding the algorithm's state (models,
+optimizers, schedulers, counters) plus, under ``"ranks"``, the small per-rank state of every rank
+(RNG states, observation/reward normalization statistics), gathered with one collective. On
+resume each rank takes its own entry back, so a distributed run continues every rank's streams.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+_CKPT_RE = re.compile(r"^ckpt_(\d+)_(\d+)\.ckpt$")
+
+
+def capture_rng() -> Dict[str, Any]:
+    state: Dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Load a checkpoint on the CPU; raises FileNotFoundError or ValueError (corrupt / not a sheeprl checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle, zip and torch errors all mean the same to a user
+        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict) or "policy_step" not in state:
+        raise ValueError(f"{path} is not a sheeprl checkpoint")
+    return state
+
+
+def list_checkpoints(folder: str | os.PathLike) -> List[Path]:
+    """Rank-0 checkpoints in a folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)) and m.group(2) == "0"]
+    return [p for _, p in sorted(found)]
+
+
+def gather_rank_state(rank_state: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every rank's small state, in rank order (a single-process run returns ``[rank_state]``)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: List[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, rank_state)
+        return out
+    return [rank_state]
+
+
+class Checkpointer:
+    """Decides when to save, writes atomically on rank 0, and keeps the newest ``keep_last`` files."""
+
+    def __init__(self, folder: str | os.PathLike, every: int, keep_last: int, is_writer: bool) -> None:
+        self.folder = Path(folder)
+        self.every = every
+        self.keep_last = keep_last
+        self.is_writer = is_writer
+        self._next = every if every > 0 else None
+
+    def start_from(self, policy_step: int) -> None:
+        """After a resume: the next checkpoint is due at the first multiple of ``every`` past ``policy_step``."""
+        if self.every > 0:
+            self._next = (policy_step // self.every + 1) * self.every
+
+    def due(self, policy_step: int) -> bool:
+        return self._next is not None and policy_step >= self._next
+
+    def save(self, policy_step: int, state: Dict[str, Any], rank_state: Dict[str, Any]) -> Optional[Path]:
+        """Collective: every rank calls it. Returns the written path on rank 0."""
+        ranks = gather_rank_state(rank_state)
+        if self.every > 0:
+            self._next = (policy_step // self.every + 1) * self.every
+        if not self.is_writer:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"ckpt_{policy_step}_0.ckpt"
+        atomic_save({**state, "policy_step": policy_step, "ranks": ranks}, path)
+        if self.keep_last > 0:
+            for old in list_checkpoints(self.folder)[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        return path

@@ -1,0 +1,66 @@
+"""Greedy (or stochastic) evaluation episodes on a fresh env, shared by every algorithm."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from sheeprl.utils.tensors import obs_to_torch
+
+
+def summarize(values: List[float]) -> Dict[str, float]:
+    """Mean, std, median, interquartile mean, min and max of a list of numbers."""
+    a = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(a)
+    if n == 0:
+        return {}
+    lo, hi = int(math.floor(0.25 * n)), int(math.ceil(0.75 * n))
+    iqm = float(a[lo:hi].mean()) if hi > lo else float(a.mean())
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "median": float(np.median(a)),
+        "iqm": iqm,
+        "min": float(a[0]),
+        "max": float(a[-1]),
+    }
+
+
+@torch.no_grad()
+def run_episodes(
+    cfg: Any,
+    act: Callable[[Dict[str, torch.Tensor]], torch.Tensor],
+    episodes: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    env_state: Optional[Dict[str, Any]] = None,
+    run_dir: Optional[str] = None,
+    capture_video: bool = False,
+) -> Dict[str, List[float]]:
+    """Play ``episodes`` episodes with ``act(obs) -> actions`` on one fresh env.
+
+    ``env_state`` carries the training run's normalization statistics (frozen here). Returns the
+    raw (unnormalized) returns and lengths.
+    """
+    from sheeprl.envs import make_vector_env, set_env_state
+
+    envs = make_vector_env(cfg, seed=seed, num_envs=1, run_dir=run_dir, capture_video=capture_video, training=False)
+    if env_state:
+        set_env_state(envs, env_state)
+    returns: List[float] = []
+    lengths: List[float] = []
+    try:
+        obs, _ = envs.reset(seed=seed)
+        while len(returns) < episodes:
+            actions = act(obs_to_torch(obs, device))
+            obs, _, _, _, infos = envs.step(actions.cpu().numpy())
+            if "episode" in infos:
+                for i in np.flatnonzero(infos["_episode"]):
+                    returns.append(float(infos["episode"]["r"][i]))
+                    lengths.append(float(infos["episode"]["l"][i]))
+    finally:
+        envs.close()
+    return {"returns": returns[:episodes], "lengths": lengths[:episodes]}

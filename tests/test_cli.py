@@ -1,0 +1,118 @@
+"""Flag resolution, schema validation and the CLI's one-line errors (exit code 2, no run folder)."""
+
+from pathlib import Path
+
+import pytest
+
+from sheeprl.algos.ppo.args import PPOConfig
+from sheeprl.cli import UsageError, argv_to_overrides, build_config, main, resolve_flag, schema_fields
+from sheeprl.registry import load_algorithms
+
+FIELDS = schema_fields(PPOConfig)
+
+
+@pytest.mark.parametrize(
+    "flag, key",
+    [
+        ("num_envs", "env.num_envs"),
+        ("env_id", "env.id"),
+        ("env.id", "env.id"),
+        ("total_steps", "algo.total_steps"),
+        ("lr", "algo.optimizer.lr"),
+        ("optimizer_lr", "algo.optimizer.lr"),
+        ("checkpoint.every", "checkpoint.every"),
+        ("checkpoint_every", "checkpoint.every"),
+        ("devices", "fabric.devices"),
+        ("seed", "seed"),
+        ("eval_episodes", "eval_episodes"),
+    ],
+)
+def test_flags_resolve_to_schema_keys(flag, key):
+    assert resolve_flag(flag, FIELDS).key == key
+
+
+def test_unknown_flag_suggests_the_closest_key():
+    with pytest.raises(UsageError, match=r"unknown flag --num_env .*did you mean '--num_envs'"):
+        resolve_flag("num_env", FIELDS)
+
+
+def test_ambiguous_flag_names_the_candidates():
+    with pytest.raises(UsageError, match=r"ambiguous flag --encoder.*algo.cnn_keys.encoder.*algo.mlp_keys.encoder"):
+        resolve_flag("encoder", FIELDS)
+
+
+def test_argv_spellings_become_hydra_overrides():
+    out = argv_to_overrides(
+        ["--num_envs", "8", "--env_id=Pendulum-v1", "algo.optimizer.lr=1e-3", "--capture_video", "--seed", "3"], FIELDS
+    )
+    assert out == ["env.num_envs=8", "env.id=Pendulum-v1", "algo.optimizer.lr=1e-3", "env.capture_video=true", "seed=3"]
+
+
+def test_list_and_path_values():
+    out = argv_to_overrides(["--algo.mlp_keys.encoder", "state,extra", "--resume_from", "a/b c.ckpt"], FIELDS)
+    assert out == ["algo.mlp_keys.encoder=[state,extra]", "checkpoint.resume_from='a/b c.ckpt'"]
+
+
+def test_compose_merges_flags_overrides_and_presets():
+    _, cfg = build_config("ppo", ["--num_envs", "8", "algo.optimizer.lr=1e-3", "--seed", "3"])
+    assert cfg.env.num_envs == 8 and cfg.algo.optimizer.lr == 1e-3 and cfg.seed == 3
+    assert cfg.algo.rollout_steps == 128 and cfg.env.id == "CartPole-v1"
+    _, cfg = build_config("ppo", ["exp=ppo_halfcheetah", "--total_steps", "4096"])
+    assert cfg.env.id == "HalfCheetah-v5" and cfg.env.normalize_observation and cfg.algo.rollout_steps == 2048
+    assert cfg.algo.total_steps == 4096
+
+
+def test_preset_selects_the_algorithm(capsys):
+    from sheeprl.cli import _split_algo
+
+    assert _split_algo(["exp=ppo_cartpole"])[0] == "ppo"
+
+
+def test_registry_lists_ppo():
+    specs = load_algorithms()
+    assert "ppo" in specs and "Box" in specs["ppo"].action_spaces and not specs["ppo"].decoupled
+
+
+def test_sheeprl_help_lists_algorithms(capsys):
+    assert main(["--sheeprl_help"]) == 0
+    out = capsys.readouterr().out
+    assert "ppo" in out and "coupled" in out and "Discrete" in out
+
+
+def test_algorithm_help_lists_every_argument(capsys):
+    assert main(["ppo", "-h"]) == 0
+    out = capsys.readouterr().out
+    for text in ("env.num_envs", "--num_envs", "algo.optimizer.lr", "0.00025", "GAE lambda", "checkpoint.resume_from"):
+        assert text in out
+    assert len([line for line in out.splitlines() if line.startswith("  ")]) == len(FIELDS) + 1
+
+
+BAD_INPUTS = [
+    (["ppp"], "unknown algorithm 'ppp' (did you mean 'ppo'?)"),
+    (["ppo", "--num_env", "8"], "did you mean '--num_envs'"),
+    (["ppo", "--encoder", "x"], "ambiguous flag --encoder"),
+    (["ppo", "--env_id", "CartPol-v1"], "did you mean 'CartPole-v1'"),
+    (["ppo", "--num_envs", "abc"], "env.num_envs"),
+    (["ppo", "--num_envs", "0"], "env.num_envs must be >= 1"),
+    (["ppo", "--minibatch_size", "100"], "does not divide"),
+    (["ppo", "algo.nonexistent=3"], "unknown config key 'algo.nonexistent'"),
+    (["ppo", "exp=nope"], "unknown preset exp=nope"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, f"log_root={tmp_path / 'logs'}"] if argv[0] == "ppo" else argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "logs").exists() and list(Path(tmp_path).iterdir()) == []
+
+
+def test_exit_code_from_a_real_process(cli, tmp_path):
+    proc = cli("ppo", "--num_envs", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "sheeprl: error: env.num_envs must be >= 1, got 0"
+    assert not (tmp_path / "logs").exists()

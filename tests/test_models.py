@@ -1,0 +1,227 @@
+"""Tests for sheeprl.models: shapes (with leading dims), init, scaling and layer ordering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sheeprl.models import (
+    CNN,
+    MLP,
+    CNNEncoder,
+    DeCNN,
+    LayerNormGRUCell,
+    MLPEncoder,
+    MultiEncoder,
+    NatureCNN,
+    get_activation,
+    layer_init,
+)
+
+SCREEN = 64
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------- activations / init
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("tanh", nn.Tanh), ("ReLU", nn.ReLU), ("elu", nn.ELU), ("silu", nn.SiLU), ("gelu", nn.GELU),
+     ("leaky_relu", nn.LeakyReLU), ("identity", nn.Identity)],
+)  # fmt: skip
+def test_get_activation(name, cls):
+    assert get_activation(name) is cls
+    assert get_activation(cls) is cls
+
+
+def test_get_activation_bad_name():
+    with pytest.raises(ValueError, match=r"unknown activation 'sigmoidish'.*tanh"):
+        get_activation("sigmoidish")
+    with pytest.raises(ValueError):
+        MLP(3, 1, [4], activation="nope")
+
+
+@pytest.mark.parametrize("gain", [1.0, math.sqrt(2), 0.01])
+def test_layer_init_orthogonal(gain):
+    layer = layer_init(nn.Linear(256, 32), std=gain, bias_const=0.5)
+    w = layer.weight.detach()
+    # 32 x 256 (wide): rows are orthogonal with norm gain, so W W^T = gain^2 I.
+    assert torch.allclose(w @ w.T, gain**2 * torch.eye(32), atol=1e-5 * max(gain**2, 1))
+    assert torch.all(layer.bias == 0.5)
+    conv = layer_init(nn.Conv2d(3, 8, 3))
+    flat = conv.weight.detach().reshape(8, -1)
+    assert torch.allclose(flat @ flat.T, 2 * torch.eye(8), atol=1e-5)
+
+
+# ---------------------------------------------------------------- MLP
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (3, 5)])
+def test_mlp_shapes(lead):
+    mlp = MLP(7, 2, [16, 16])
+    assert mlp.output_dim == 2
+    assert mlp(torch.randn(*lead, 7)).shape == (*lead, 2)
+    features = MLP(7, None, [16, 8], activation="relu")
+    assert features.output_dim == 8 and features(torch.randn(*lead, 7)).shape == (*lead, 8)
+
+
+def test_mlp_identity_when_empty():
+    mlp = MLP(5, None, [])
+    x = torch.randn(3, 5)
+    assert mlp.output_dim == 5 and torch.equal(mlp(x), x)
+
+
+def test_mlp_dropout_layernorm_order():
+    mlp = MLP(4, 1, [8, 8], activation="relu", layer_norm=True, dropout=0.1)
+    types = [type(m) for m in mlp]
+    block = [nn.Linear, nn.Dropout, nn.LayerNorm, nn.ReLU]
+    assert types == block + block + [nn.Linear]
+    plain = MLP(4, 1, [8], activation="relu")
+    assert [type(m) for m in plain] == [nn.Linear, nn.ReLU, nn.Linear]
+    # Dropout acts in training mode only.
+    x = torch.randn(64, 4)
+    mlp.eval()
+    assert torch.equal(mlp(x), mlp(x))
+
+
+def test_mlp_ortho_init_gains():
+    mlp = MLP(64, 4, [128], ortho_init=True, output_std=0.01)
+    hidden, head = mlp[0].weight.detach(), mlp[-1].weight.detach()
+    assert torch.allclose(hidden.T @ hidden, 2 * torch.eye(64), atol=1e-5)  # tall: columns orthogonal
+    assert torch.allclose(head @ head.T, 1e-4 * torch.eye(4), atol=1e-8)
+    assert torch.all(mlp[-1].bias == 0)
+
+
+# ---------------------------------------------------------------- convolutional
+
+
+@pytest.mark.parametrize("lead", [(), (2,), (3, 2)])
+def test_nature_cnn_shapes(lead):
+    cnn = NatureCNN(3, features_dim=32, screen_size=SCREEN)
+    x = torch.randint(0, 256, (*lead, 3, SCREEN, SCREEN), dtype=torch.uint8)
+    out = cnn(x)
+    assert cnn.output_dim == 32 and out.shape == (*lead, 32)
+
+
+def test_nature_cnn_scales_only_uint8():
+    cnn = NatureCNN(1, features_dim=8, screen_size=SCREEN)
+    raw = torch.randint(0, 256, (2, 1, SCREEN, SCREEN), dtype=torch.uint8)
+    scaled = raw.float() / 255.0 - 0.5
+    assert torch.allclose(cnn(raw), cnn(scaled), atol=1e-6)
+    # A float input is used as given, not rescaled a second time.
+    assert not torch.allclose(cnn(raw.float()), cnn(raw))
+
+
+def test_nature_cnn_other_screen_size():
+    cnn = NatureCNN(4, features_dim=16, screen_size=84)
+    assert cnn(torch.zeros(2, 4, 84, 84)).shape == (2, 16)
+
+
+@pytest.mark.parametrize("lead", [(), (4,), (2, 3)])
+def test_cnn_and_decnn_mirror(lead):
+    enc = CNN(3, [8, 16], kernel_sizes=4, strides=2, paddings=1, layer_norm=True)
+    dec = DeCNN(16, [8, 3], kernel_sizes=[4, 4], strides=[2, 2], paddings=1, layer_norm=True)
+    img = torch.randn(*lead, 3, 32, 32)
+    z = enc(img)
+    assert z.shape == (*lead, 16, 8, 8) and enc.output_shape(32, 32) == (16, 8, 8)
+    assert dec(z).shape == (*lead, 3, 32, 32) and dec.out_channels == 3
+    # The decoder's last layer is linear (can output negatives), the encoder's ends in an activation.
+    assert isinstance(list(enc.model)[-1], nn.ReLU)
+    assert isinstance(list(dec.model)[-1], nn.ConvTranspose2d)
+
+
+def test_cnn_argument_errors():
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        CNN(3, [8, 16], kernel_sizes=[3], strides=1)
+    with pytest.raises(ValueError, match="at least one"):
+        CNN(3, [], kernel_sizes=3, strides=1)
+
+
+# ---------------------------------------------------------------- GRU
+
+
+@pytest.mark.parametrize("lead", [(5,), (3, 5)])
+def test_layernorm_gru_cell(lead):
+    cell = LayerNormGRUCell(6, 10)
+    x = torch.randn(*lead, 6)
+    h0 = torch.zeros(*lead, 10)
+    h1 = cell(x, h0)
+    assert h1.shape == (*lead, 10)
+    assert not torch.allclose(h1, h0)
+    h2 = cell(torch.randn(*lead, 6), h1)
+    assert not torch.allclose(h2, h1)
+    assert torch.equal(cell(x), h1)  # default state is zeros
+    assert h1.abs().max() <= 1  # a convex mix of tanh and the (bounded) previous state
+    h2.sum().backward()
+    assert cell.linear.weight.grad is not None and cell.norm.weight.grad is not None
+
+
+def test_layernorm_gru_cell_no_bias():
+    cell = LayerNormGRUCell(3, 4, bias=False)
+    assert cell.linear.bias is None
+    assert cell(torch.randn(2, 3)).shape == (2, 4)
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def make_obs(lead: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    return {
+        "rgb": torch.randint(0, 256, (*lead, 3, SCREEN, SCREEN), dtype=torch.uint8),
+        "depth": torch.randint(0, 256, (*lead, 1, SCREEN, SCREEN), dtype=torch.uint8),
+        "state": torch.randn(*lead, 5),
+        "goal": torch.randn(*lead, 2, dtype=torch.float64),
+    }
+
+
+@pytest.mark.parametrize("lead", [(4,), (3, 4)])
+def test_multi_encoder_both(lead):
+    cnn = CNNEncoder(["rgb", "depth"], [3, 1], screen_size=SCREEN, features_dim=32)
+    mlp = MLPEncoder(["state", "goal"], [5, 2], hidden_sizes=[16], activation="relu")
+    enc = MultiEncoder(cnn, mlp)
+    assert enc.output_dim == 48 and enc.keys == ("rgb", "depth", "state", "goal")
+    obs = make_obs(lead)
+    out = enc(obs)
+    assert out.shape == (*lead, 48) and out.dtype == torch.float32
+    # Features are the CNN's then the MLP's.
+    assert torch.allclose(out[..., :32], cnn(obs)) and torch.allclose(out[..., 32:], mlp(obs))
+    # Flattening then restoring the leading dims matches encoding each row separately.
+    flat = {k: v.reshape(-1, *v.shape[len(lead) :]) for k, v in obs.items()}
+    assert torch.allclose(enc(flat).reshape(out.shape), out, atol=1e-6)
+
+
+def test_multi_encoder_single():
+    obs = make_obs((2, 3))
+    mlp_only = MultiEncoder(None, MLPEncoder(["state"], [5], hidden_sizes=[8, 8]))
+    assert mlp_only.output_dim == 8 and mlp_only(obs).shape == (2, 3, 8)
+    cnn_only = MultiEncoder(CNNEncoder(["rgb"], [3], screen_size=SCREEN, features_dim=16), None)
+    assert cnn_only.output_dim == 16 and cnn_only(obs).shape == (2, 3, 16)
+    with pytest.raises(ValueError):
+        MultiEncoder(None, None)
+
+
+def test_mlp_encoder_identity_concat():
+    enc = MLPEncoder(["state", "goal"], [5, 2], hidden_sizes=[])
+    obs = make_obs((3,))
+    assert enc.output_dim == 7
+    assert torch.allclose(enc(obs), torch.cat([obs["state"], obs["goal"].float()], dim=-1))
+
+
+def test_encoder_argument_errors():
+    with pytest.raises(ValueError, match="2 keys but 1"):
+        MLPEncoder(["a", "b"], [3], hidden_sizes=[4])
+    with pytest.raises(ValueError, match="at least one key"):
+        CNNEncoder([], [], screen_size=SCREEN, features_dim=8)
+    enc = CNNEncoder(["rgb", "depth"], [3, 1], screen_size=SCREEN, features_dim=8)
+    obs = make_obs((1,))
+    obs["depth"] = obs["depth"].float()
+    with pytest.raises(ValueError, match="dtypes"):
+        enc(obs)
