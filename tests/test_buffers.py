@@ -71,6 +71,16 @@ def test_numpy_and_tensordict_inputs():
     assert rb.to_tensordict()["state"][:, 0, 0].tolist() == [1.0, 2.0, 2.0, 3.0]
 
 
+def test_add_detaches_values_that_require_grad():
+    rb = ReplayBuffer(4, 2)
+    w = torch.ones(1, 2, 1, requires_grad=True)
+    rb.add({"values": w * 2})  # allocation + general path
+    rb.add({"values": w * 3})  # single-step fast path
+    rb.add({"values": (w * 4).expand(2, 2, 1)})  # multi-step path
+    assert not rb["values"].requires_grad and rb["values"].grad_fn is None
+    assert rb.to_tensordict()["values"][:, 0, 0].tolist() == [2.0, 3.0, 4.0, 4.0]
+
+
 @pytest.mark.parametrize("step_by_step", [True, False])
 def test_wraparound_keeps_newest_in_order(step_by_step):
     rb = ReplayBuffer(5, N_ENVS)

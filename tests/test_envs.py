@@ -275,6 +275,27 @@ def test_dmc_env_builds_and_steps() -> None:
     env.close()
 
 
+def test_dmc_from_pixels() -> None:
+    env = make_env(make_cfg(id="dmc/cartpole-balance", from_pixels=True, screen_size=32, cnn=["rgb"]), 0, 0)()
+    try:
+        obs, _ = env.reset(seed=0)
+    except Exception as err:  # noqa: BLE001 - any OpenGL failure means this machine cannot render
+        pytest.skip(f"no OpenGL rendering here: {err}")
+    assert obs["rgb"].shape == (3, 32, 32) and obs["rgb"].dtype == np.uint8 and obs["rgb"].max() > 0
+    assert obs["state"].shape == (5,)
+    env.close()
+
+
+def test_atari_ids_need_ale_py() -> None:
+    try:
+        import ale_py  # noqa: F401
+    except ImportError:
+        with pytest.raises(EnvError, match="ale-py"):
+            check_env_id("ALE/Pong-v5")
+    else:
+        check_env_id("ALE/Pong-v5")
+
+
 # --- normalization ----------------------------------------------------------------------------------------------
 
 

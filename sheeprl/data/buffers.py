@@ -189,16 +189,18 @@ class ReplayBuffer:
                     value = torch.as_tensor(value)
                 if value.shape != self._step_shape[key]:
                     break
+                if value.requires_grad:
+                    # Copying a graph-attached value (e.g. a critic output) would chain the storage to the graph;
+                    # detaching here is cheaper than a no_grad() block on every call.
+                    value = value.detach()
                 pairs.append((dst, value))
             else:
                 # Every key is checked before any is written, so a bad call leaves the buffer untouched.
                 # Slice assignment is the cheapest single-row copy in PyTorch (and casts dtype/device if needed).
                 pos = self.pos
                 end = pos + 1
-                # no_grad: a value that requires grad (e.g. a critic output) must not chain the storage to a graph.
-                with torch.no_grad():
-                    for dst, value in pairs:
-                        dst[pos:end] = value
+                for dst, value in pairs:
+                    dst[pos:end] = value
                 self._advance(1)
                 return
         tensors = self._as_tensors(data)
@@ -209,7 +211,7 @@ class ReplayBuffer:
         # Writing T steps from pos leaves step t at row (pos + t) % size; only the last n survive.
         start = (self.pos + steps - n) % self.buffer_size
         first = min(n, self.buffer_size - start)
-        with torch.no_grad():
+        with torch.no_grad():  # see the fast path: never attach the storage to a graph
             for key, value in tensors.items():
                 dst = self._storage[key]
                 value = value[steps - n :]

@@ -24,7 +24,12 @@ def prepare_mujoco_gl() -> None:
     MuJoCo and dm_control pick their OpenGL backend when first imported, so this must run before.
     PyOpenGL needs the matching platform or EGL contexts fail to initialise.
     """
-    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    if "MUJOCO_GL" in os.environ or os.environ.get("DISPLAY"):
+        return
+    import ctypes.util
+
+    # Without libEGL, forcing egl would make importing dm_control fail even for state-only tasks.
+    if ctypes.util.find_library("EGL") is not None:
         os.environ["MUJOCO_GL"] = "egl"
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
@@ -36,7 +41,8 @@ def _import_suite() -> Any:
     except ImportError as err:
         raise EnvError(f"dmc/ ids need dm_control (pip install dm-control): {err}") from err
     except RuntimeError as err:  # the chosen MUJOCO_GL backend could not be loaded
-        raise EnvError(f"dm_control could not load MUJOCO_GL={os.environ.get('MUJOCO_GL')}: {err}") from err
+        gl = os.environ.get("MUJOCO_GL")
+        raise EnvError(f"dm_control could not load MUJOCO_GL={gl} (try MUJOCO_GL=osmesa or glfw): {err}") from err
     return suite
 
 

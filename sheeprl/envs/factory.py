@@ -249,7 +249,8 @@ def make_vector_env(
 
     Call ``envs.reset(seed=seed)`` once first: sub-env ``i`` is then seeded with ``seed + i``.
     ``training=False`` (evaluation envs) freezes observation statistics and turns reward normalization off;
-    load the training statistics with ``set_env_state``.
+    load the training statistics with ``set_env_state``. With ``capture_video`` (default ``env.capture_video``;
+    pass False on ranks > 0) sub-env 0 records into ``<run_dir>/videos/{train|eval}-episode-<n>.mp4``.
     """
     num_envs = int(cfg.env.num_envs if num_envs is None else num_envs)
     if num_envs < 1:

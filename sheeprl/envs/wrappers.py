@@ -69,11 +69,12 @@ def _image_layout(space: spaces.Space) -> str | None:
     """'hw', 'hwc' or 'chw' for a uint8 image Box (C in 1, 3, 4), None for anything else."""
     if not isinstance(space, spaces.Box) or space.dtype != np.uint8:
         return None
-    if space.ndim == 2:
+    shape = space.shape
+    if len(shape) == 2:
         return "hw"
-    if space.ndim == 3 and space.shape[-1] in (1, 3, 4):
+    if len(shape) == 3 and shape[-1] in (1, 3, 4):
         return "hwc"
-    if space.ndim == 3 and space.shape[0] in (1, 3, 4):
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
         return "chw"
     return None
 
@@ -93,7 +94,7 @@ class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     * a Box vector becomes ``{"state": float32 (D,)}`` (multi-dimensional non-image Boxes are flattened);
     * a Discrete observation becomes a one-hot ``"state"``;
-    * a uint8 image (HxW or HxWxC) becomes ``"rgb"``, resized to ``screen_size``, optionally grayscale, CHW;
+    * a uint8 image (HxW, HxWxC or CxHxW) becomes ``"rgb"``, resized to ``screen_size``, optionally grayscale, CHW;
     * a (nested) Dict keeps its keys, nested ones joined with ``"_"``, leaves converted as above;
     * ``from_pixels`` adds the env's ``rgb_array`` render as ``"rgb"`` (ignored if the observation is an image).
 
@@ -143,11 +144,10 @@ class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
                 raise EnvError(f"observation key '{name}' appears twice after flattening nested Dict keys")
             available[name] = entry
 
-        self._render = False
-        if from_pixels and PIXEL_KEY not in available:
+        self._render = from_pixels and PIXEL_KEY not in available
+        if self._render:
             if env.render_mode != "rgb_array":
                 raise EnvError(f"from_pixels needs render_mode='rgb_array', the env has {env.render_mode!r}")
-            self._render = True
             available[PIXEL_KEY] = ((), self._process_frame, image_space)
 
         selected = list(available) if keys is None else list(dict.fromkeys(keys))
@@ -156,13 +156,11 @@ class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             raise EnvError(f"observation key(s) {missing} not found; available: {sorted(available)}")
         if not selected:
             raise EnvError(f"no observation key selected; available: {sorted(available)}")
-        if PIXEL_KEY not in selected:
-            self._render = False  # nothing would use the frame: skip the (expensive) render
+        self._render = self._render and PIXEL_KEY in selected  # skip the (expensive) render if unused
         # A plain tuple of (key, path, converter) keeps the per-step loop minimal.
         self._entries = tuple(
             (k, available[k][0], available[k][1]) for k in selected if not (self._render and k == PIXEL_KEY)
         )
-        self._nested = isinstance(source, spaces.Dict)
         self.observation_space = spaces.Dict({k: available[k][2] for k in selected})
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
