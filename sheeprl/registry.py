@@ -13,8 +13,9 @@ algorithm runs, so ``--sheeprl_help`` and ``<algo> -h`` cost little more than im
 Names are explicit, never derived from file names, and the CLI never special-cases an
 algorithm: everything it knows comes from the :class:`AlgorithmSpec`.
 
-A checkpoint evaluation registers with ``@register_evaluation("ppo")`` on a function in the
-algorithm's package; the evaluation command imports the entry module (which imports it).
+A checkpoint evaluation registers with ``@register_evaluation("ppo")`` on a ``load_policy``
+function in the algorithm's ``utils.py`` (see ``sheeprl/algos/ppo/utils.py`` for the protocol);
+the evaluation command imports that module on demand.
 """
 
 from __future__ import annotations
@@ -85,7 +86,12 @@ def get_evaluation(name: str) -> Optional[Callable[..., Any]]:
     """The evaluation of algorithm ``name`` (imports its entry module, which registers it)."""
     spec = get_algorithm(name)
     if spec is not None and name not in _EVALUATIONS:
-        spec.load_entry()
+        package = spec.entry.partition(":")[0].rpartition(".")[0]
+        try:
+            importlib.import_module(package + ".utils")
+        except ModuleNotFoundError as err:
+            if err.name != package + ".utils":
+                raise
     return _EVALUATIONS.get(name)
 
 

@@ -1,0 +1,25 @@
+"""What PPO alone needs outside its loop: the policy that evaluation and videos use."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import gymnasium as gym
+import torch
+
+from sheeprl.algos.ppo.agent import build_agent
+from sheeprl.registry import register_evaluation
+
+
+@register_evaluation(["ppo", "ppo_decoupled"])
+def load_policy(
+    cfg: Any,
+    state: Dict[str, Any],
+    observation_space: gym.spaces.Dict,
+    action_space: gym.Space,
+    device: torch.device | str = "cpu",
+    stochastic: bool = False,
+) -> Callable[[Dict[str, torch.Tensor]], torch.Tensor]:
+    """Rebuild the agent of a checkpoint; returns ``act(obs) -> env actions`` (greedy unless ``stochastic``)."""
+    agent = build_agent(observation_space, action_space, cfg, state["agent"]).to(device).eval()
+    return agent.stochastic if stochastic else agent.greedy
