@@ -25,7 +25,10 @@ CONFIG_GROUPS = ("algo", "env", "exp", "fabric", "buffer", "checkpoint", "metric
 EXIT_USAGE = 2
 
 # Sub-commands that are not algorithms: name -> "module:function" taking argv, returning an exit code.
-COMMANDS: Dict[str, Tuple[str, str]] = {}
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "eval": ("sheeprl.evaluate", "main"),
+    "plot": ("sheeprl.plot", "main"),
+}
 
 
 class UsageError(Exception):

@@ -203,9 +203,10 @@ def test_vector_env_dict_shapes() -> None:
     envs.close()
 
 
-@pytest.mark.parametrize("sync", [True, False])
-def test_same_step_autoreset_final_obs(sync: bool) -> None:
-    envs = make_vector_env(make_cfg(num_envs=2, sync_env=sync), seed=3)
+@pytest.mark.parametrize(("sync", "frame_stack"), [(True, 1), (False, 1), (True, 2)])
+def test_same_step_autoreset_final_obs(sync: bool, frame_stack: int) -> None:
+    # frame_stack=2 goes through the per-env dict path, 1 through the vector-level "state" dict.
+    envs = make_vector_env(make_cfg(num_envs=2, sync_env=sync, frame_stack=frame_stack), seed=3)
     envs.reset(seed=3)
     envs.action_space.seed(3)
     obs, terminated, truncated, infos = run_until_done(envs)
@@ -214,7 +215,8 @@ def test_same_step_autoreset_final_obs(sync: bool) -> None:
     np.testing.assert_array_equal(infos["_episode"], done)
     for i in np.flatnonzero(done):
         final = infos["final_obs"][i]["state"]
-        assert abs(final[2]) > 0.2 or abs(final[0]) > 2.4  # CartPole fell: a real terminal state
+        assert final.shape == (4 * frame_stack,) and final.dtype == np.float32
+        assert abs(final[-2]) > 0.2 or abs(final[-4]) > 2.4  # CartPole fell: a real terminal state
         assert not np.array_equal(final, obs["state"][i])  # obs is already the next episode's first one
         assert np.all(np.abs(obs["state"][i]) <= 0.05)  # CartPole resets near 0
         assert infos["episode"]["l"][i] > 0 and infos["episode"]["r"][i] == infos["episode"]["l"][i]
@@ -254,7 +256,8 @@ def test_seeding_gives_identical_trajectories() -> None:
 def test_mujoco_v5_env_builds_and_steps() -> None:
     envs = make_vector_env(make_cfg(id="InvertedPendulum-v5", num_envs=2, normalize_observation=True), seed=0)
     obs, _ = envs.reset(seed=0)
-    assert obs["state"].shape == (2, 4)
+    assert obs["state"].shape == (2, 4) and obs["state"].dtype == np.float32  # MuJoCo's float64 cast
+    assert envs.single_observation_space["state"].dtype == np.float32
     for _ in range(10):
         obs, rewards, *_ = envs.step(np.full((2, 1), 5.0, dtype=np.float32))  # out of bounds: clipped
     assert np.isfinite(obs["state"]).all() and rewards.shape == (2,)

@@ -39,8 +39,9 @@ def test_smoke_writes_config_logs_and_checkpoint(cli, tmp_path, env_args):
 
 
 def test_resume_restores_everything_and_finishes_at_total_steps(cli, tmp_path):
-    args = ["--env_id", "CartPole-v1", *FAST, "--checkpoint.every", "128", "--keep_last", "0", "--eval_episodes", "0"]
-    proc = cli("ppo", *args, "--total_steps", "256", "--normalize_observation", cwd=tmp_path)
+    args = ["--env_id", "CartPole-v1", *FAST, "--checkpoint.every", "128", "--keep_last", "0", "--eval_episodes", "0",
+            "--normalize_observation"]
+    proc = cli("ppo", *args, "--total_steps", "256", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     saved = torch.load(run / "checkpoint" / "ckpt_128_0.ckpt", weights_only=False)

@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -21,7 +22,15 @@ from omegaconf import DictConfig, OmegaConf
 from sheeprl.envs import dmc
 from sheeprl.envs.errors import EnvError
 from sheeprl.envs.normalization import NormalizeDictObservation, NormalizeReward
-from sheeprl.envs.wrappers import BoundedClipAction, DictObservation, FrameStack, mask_velocity
+from sheeprl.envs.wrappers import (
+    STATE_KEY,
+    BoundedClipAction,
+    DictObservation,
+    FrameStack,
+    VectorStateDict,
+    is_plain_vector,
+    mask_velocity,
+)
 
 BuildFn = Callable[[str, dict[str, Any], str | None, int | None], gym.Env]
 
@@ -168,9 +177,17 @@ class EnvSettings:
 
 
 def build_env(
-    settings: EnvSettings, seed: int | None = None, video_folder: str | None = None, video_prefix: str = "train"
+    settings: EnvSettings,
+    seed: int | None = None,
+    video_folder: str | None = None,
+    video_prefix: str = "train",
+    state_only_as_box: bool = False,
 ) -> gym.Env:
-    """Build one fully wrapped env; records every ``video_every``-th episode into ``video_folder`` if given."""
+    """Build one fully wrapped env; records every ``video_every``-th episode into ``video_folder`` if given.
+
+    With ``state_only_as_box``, an env whose only observation key would be ``"state"`` keeps its Box
+    observation: the vector env then adds the dict with :class:`VectorStateDict` (much cheaper).
+    """
     backend = _backend(settings.id)
     render_mode = "rgb_array" if settings.from_pixels or video_folder is not None else None
     kwargs = dict(settings.kwargs)
@@ -195,9 +212,11 @@ def build_env(
         env = mask_velocity(env, settings.id)
     if settings.clip_actions and isinstance(env.action_space, spaces.Box):
         env = BoundedClipAction(env)
-    env = DictObservation(env, settings.keys, settings.from_pixels, settings.screen_size, settings.grayscale)
-    if settings.frame_stack > 1:
-        env = FrameStack(env, settings.frame_stack)
+    box_only = settings.keys == (STATE_KEY,) and settings.frame_stack == 1 and is_plain_vector(env.observation_space)
+    if not (state_only_as_box and box_only):
+        env = DictObservation(env, settings.keys, settings.from_pixels, settings.screen_size, settings.grayscale)
+        if settings.frame_stack > 1:
+            env = FrameStack(env, settings.frame_stack)
     if seed is not None:
         env.action_space.seed(seed)
         env.observation_space.seed(seed)
@@ -220,14 +239,15 @@ def make_env(
     """
     settings = EnvSettings.from_cfg(cfg)
     check_env_id(settings.id)
-    if capture_video and run_dir is None:
+    return partial(build_env, settings, seed + idx, _video_folder(run_dir, capture_video), video_prefix)
+
+
+def _video_folder(run_dir: str | None, capture_video: bool) -> str | None:
+    if not capture_video:
+        return None
+    if run_dir is None:
         raise EnvError("capture_video needs a run folder to write videos into")
-    video_folder = os.path.join(run_dir, "videos") if capture_video and run_dir is not None else None
-
-    def thunk() -> gym.Env:
-        return build_env(settings, seed + idx, video_folder, video_prefix)
-
-    return thunk
+    return os.path.join(run_dir, "videos")
 
 
 # --- vector env -----------------------------------------------------------------------------------------------
@@ -257,11 +277,19 @@ def make_vector_env(
         raise EnvError(f"num_envs must be >= 1, got {num_envs}")
     capture = bool(cfg.env.capture_video if capture_video is None else capture_video)
     prefix = "train" if training else "eval"
-    env_fns = [make_env(cfg, seed, i, run_dir, capture and i == 0, prefix) for i in range(num_envs)]
+    settings = EnvSettings.from_cfg(cfg)
+    check_env_id(settings.id)
+    video_folder = _video_folder(run_dir, capture)
+    env_fns = [
+        partial(build_env, settings, seed + i, video_folder if i == 0 else None, prefix, state_only_as_box=True)
+        for i in range(num_envs)
+    ]
     vector_cls = SyncVectorEnv if cfg.env.sync_env else AsyncVectorEnv
-    # copy=True (the default) returns fresh observation arrays: the normalization wrapper works in place on them.
+    # copy=True (the default) returns fresh observation arrays: the wrappers below work in place on them.
     envs: VectorEnv = vector_cls(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
     envs.action_space.seed(seed)
+    if not isinstance(envs.single_observation_space, spaces.Dict):
+        envs = VectorStateDict(envs)
 
     # Episode statistics first, so they see the raw rewards.
     envs = RecordEpisodeStatistics(envs)

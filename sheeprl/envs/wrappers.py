@@ -14,6 +14,8 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.vector.utils import batch_space
 from PIL import Image
 
 from sheeprl.envs.errors import EnvError
@@ -194,13 +196,23 @@ class DictObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def _vector_converter(space: spaces.Box) -> tuple[Callable[[Any], np.ndarray], spaces.Box]:
-    """A float32 flattening converter and its space. It always copies, so later in-place ops are safe."""
+def is_plain_vector(space: spaces.Space) -> bool:
+    """A Box observation that is not an image: it becomes the single ``"state"`` key."""
+    return isinstance(space, spaces.Box) and _image_layout(space) is None
+
+
+def _flat_float32_box(space: spaces.Box) -> spaces.Box:
     shape = (int(np.prod(space.shape)),)
     with np.errstate(over="ignore"):  # float64 bounds beyond float32 range become +-inf, as intended
         low = space.low.astype(np.float32).reshape(shape)
         high = space.high.astype(np.float32).reshape(shape)
-    converted = spaces.Box(low, high, shape, np.float32)
+    return spaces.Box(low, high, shape, np.float32)
+
+
+def _vector_converter(space: spaces.Box) -> tuple[Callable[[Any], np.ndarray], spaces.Box]:
+    """A float32 flattening converter and its space. It always copies, so later in-place ops are safe."""
+    converted = _flat_float32_box(space)
+    shape = converted.shape
     if space.shape == shape:
         return (lambda value: np.array(value, dtype=np.float32)), converted
     return (lambda value: np.array(value, dtype=np.float32).reshape(shape)), converted
@@ -259,3 +271,37 @@ class FrameStack(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _stacked(self) -> dict[str, np.ndarray]:
         # concatenate allocates the returned array, so the stored frames are never exposed to callers.
         return {key: np.concatenate(frames, axis=0) for key, frames in self._frames.items()}
+
+
+class VectorStateDict(VectorWrapper):
+    """``{"state": float32 (num_envs, D)}`` from a vector env with plain Box observations.
+
+    The same result as :class:`DictObservation` on every sub-env, but a vector env batches a Box
+    much faster than a Dict, so the factory uses this when ``"state"`` is the only key.
+    ``infos["final_obs"]`` entries become ``{"state": ...}`` dicts too.
+    """
+
+    def __init__(self, env: VectorEnv) -> None:
+        if not is_plain_vector(env.single_observation_space):
+            raise TypeError(f"VectorStateDict needs plain Box observations, got {env.single_observation_space}")
+        super().__init__(env)
+        box = _flat_float32_box(env.single_observation_space)
+        self._shape = (self.num_envs, *box.shape)
+        self.single_observation_space = spaces.Dict({STATE_KEY: box})
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return self._convert(obs), infos
+
+    def step(self, actions: Any) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        final_obs = infos.get("final_obs")
+        if final_obs is not None:  # done steps only
+            for i in np.flatnonzero(infos["_final_obs"]):
+                final_obs[i] = {STATE_KEY: np.array(final_obs[i], dtype=np.float32).reshape(-1)}
+        return self._convert(obs), rewards, terminations, truncations, infos
+
+    def _convert(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        # The vector env returns a fresh copy (copy=True), so a float32 batch is used as is, without copying.
+        return {STATE_KEY: obs.astype(np.float32, copy=False).reshape(self._shape)}

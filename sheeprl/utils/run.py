@@ -88,6 +88,7 @@ class Run:
         self._next_log = (self.start_step // self._log_every + 1) * self._log_every if self._log_every else None
         self._eval_every = int(cfg.eval_every)
         self._next_eval = (self.start_step // self._eval_every + 1) * self._eval_every if self._eval_every else None
+        self._last_eval_step: Optional[int] = None
         self._timers: Dict[str, float] = {}
         self._window_start_step = self.start_step
         self._interrupted = False
@@ -202,6 +203,7 @@ class Run:
         """Greedy episodes on a fresh env (rank 0 only), logged as Test/* and printed."""
         if not self.is_logger or self.cfg.eval_episodes <= 0:
             return
+        self._last_eval_step = policy_step
         from sheeprl.envs import get_env_state
         from sheeprl.utils.evaluation import run_episodes, summarize
 
@@ -255,7 +257,8 @@ class Run:
         self.log(policy_step, force=True)
         if self.cfg.checkpoint.save_last or self._interrupted:
             self.maybe_checkpoint(policy_step, state_fn, envs, force=True)
-        if act is not None and not self._interrupted:
+        # An eval_every evaluation may have just run at this very step: one point per step on the curve.
+        if act is not None and not self._interrupted and self._last_eval_step != policy_step:
             self.evaluate(act, envs, policy_step)
         self.progress.close(policy_step)
         self.logger.close()

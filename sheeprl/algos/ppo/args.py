@@ -67,3 +67,51 @@ register_algorithm(
     action_spaces=("Discrete", "MultiDiscrete", "Box"),
     validate=validate,
 )
+
+
+@dataclass
+class PPODecoupledArgs(PPOArgs):
+    name: str = arg("ppo_decoupled", "algorithm name")
+    minibatch_size: int = arg(
+        128, "transitions per gradient step, per trainer (must divide rollout_steps * num_envs / trainers)"
+    )
+    timeout_s: float = arg(600.0, "seconds a player/trainer exchange may wait before the run fails (a dead or hung rank)")
+
+
+@dataclass
+class PPODecoupledConfig(RunConfig):
+    algo: PPODecoupledArgs = arg(help="decoupled PPO settings", factory=PPODecoupledArgs)
+
+
+def validate_decoupled(cfg: Any) -> None:
+    """PPO's checks, with the rollout split over the trainers (every process but the player)."""
+    from sheeprl.cli import _world_size
+
+    a = cfg.algo
+    for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
+        if a[key] < 1:
+            raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
+    if a.timeout_s <= 0:
+        raise ConfigError(f"algo.timeout_s must be > 0, got {a.timeout_s}")
+    trainers = _world_size(cfg) - 1
+    batch = a.rollout_steps * cfg.env.num_envs
+    if trainers >= 1 and (batch % trainers != 0 or (batch // trainers) % a.minibatch_size != 0):
+        raise ConfigError(
+            f"the rollout of rollout_steps * num_envs = {batch} transitions must split into {trainers} equal "
+            f"trainer chunks that algo.minibatch_size={a.minibatch_size} divides"
+        )
+    if a.action_squash not in ("clip", "tanh"):
+        raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
+    if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
+        raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+
+
+register_algorithm(
+    "ppo_decoupled",
+    entry="sheeprl.algos.ppo.ppo_decoupled:main",
+    schema=PPODecoupledConfig,
+    description="PPO with one player process collecting rollouts and N-1 trainer processes updating with DDP",
+    action_spaces=("Discrete", "MultiDiscrete", "Box"),
+    decoupled=True,
+    validate=validate_decoupled,
+)

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
 
-def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run) -> None:
-    """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions)."""
+def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run, group: Any = None) -> None:
+    """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions).
+
+    ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers).
+    """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
     n = data.batch_size[0]
@@ -63,7 +66,7 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: 
         kl = torch.stack(kls).mean()
         run.metrics.update("Info/approx_kl", kl)
         # Every rank must take the same decision, or DDP's next all-reduce would wait forever.
-        if a.target_kl is not None and float(fabric.all_reduce(kl, reduce_op="mean")) > a.target_kl:
+        if a.target_kl is not None and float(fabric.all_reduce(kl, group=group, reduce_op="mean")) > a.target_kl:
             break
 
 

@@ -1,0 +1,1 @@
+"""Soft Actor-Critic, coupled and decoupled."""

@@ -1,0 +1,243 @@
+"""Soft Actor-Critic, coupled: every rank plays its envs, fills its own buffer and trains (DDP).
+
+Algorithm (Haarnoja et al., 2018a, "Soft Actor-Critic: Off-Policy Maximum Entropy Deep Reinforcement Learning
+with a Stochastic Actor"; 2018b, "Soft Actor-Critic Algorithms and Applications", Algorithm 1):
+
+    initialize actor pi, critics Q_1..Q_N, targets Q'_i <- Q_i, temperature alpha, replay buffer D
+    for each policy step:
+        a ~ uniform(action space) during the first learning_starts steps, else a ~ pi(.|s)
+        step the envs; store (s, a, r, s', terminated) in D, s' being the real final observation at an episode end
+        for replay_ratio gradient steps per policy step (fractions accumulate):
+            sample a batch from D
+            y = r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
+            minimize sum_i (Q_i(s, a) - y)^2                                   (critics)
+            minimize alpha * log pi(a~|s) - min_i Q_i(s, a~),  a~ ~ pi(.|s)    (actor, reparameterized)
+            minimize -log alpha * (log pi(a~|s) + target_entropy)              (temperature)
+            Q'_i <- (1 - tau) Q'_i + tau Q_i                                    (every target_update_every steps)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, flat_obs, polyak_update
+from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
+from sheeprl.data import ReplayBuffer
+from sheeprl.envs import make_vector_env
+from sheeprl.utils.ratio import Ratio
+from sheeprl.utils.run import Run
+from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+def train(
+    fabric: Fabric,
+    actor: Any,
+    critic: Any,
+    target_critic: QEnsemble,
+    log_alpha: Tensor,
+    optimizers: Tuple[Any, Any, Any],
+    batch: Dict[str, Tensor],
+    cfg: Any,
+    target_entropy: float,
+    update_target: bool,
+    world_size: int,
+) -> Dict[str, Tensor]:
+    """One gradient step of critics, actor and temperature on ``batch``; returns the detached losses."""
+    a = cfg.algo
+    actor_opt, critic_opt, alpha_opt = optimizers
+    obs, actions = batch["observations"], batch["actions"]
+    alpha = log_alpha.detach().exp()
+
+    # ---- critics: regress every Q_i on the soft TD target built from the target critics
+    with torch.no_grad():
+        next_actions, next_log_prob = actor.module(batch["next_observations"])
+        next_q = target_critic(batch["next_observations"], next_actions)
+        target = critic_target(batch["rewards"], next_q, next_log_prob, batch["terminated"], a.gamma, alpha)
+    q_loss = critic_loss(critic(obs, actions), target)
+    critic_opt.zero_grad(set_to_none=True)
+    fabric.backward(q_loss)
+    critic_opt.step()
+
+    # ---- actor and temperature: the critics are constants here, so their weights get no gradient at all
+    new_actions, log_prob = actor(obs)
+    q_new = critic.module(obs, new_actions, detach_params=True)
+    pi_loss = actor_loss(log_prob, q_new, alpha)
+    alpha_loss = entropy_loss(log_alpha, log_prob, target_entropy)
+    actor_opt.zero_grad(set_to_none=True)
+    fabric.backward(pi_loss + alpha_loss) if a.autotune else fabric.backward(pi_loss)
+    actor_opt.step()
+    if a.autotune:
+        if world_size > 1:  # DDP averages the networks' gradients; the temperature is a bare tensor
+            log_alpha.grad = fabric.all_reduce(log_alpha.grad, reduce_op="mean")
+        alpha_opt.step()
+        alpha_opt.zero_grad(set_to_none=True)
+
+    if update_target:
+        polyak_update(critic.module.parameters(), target_critic.parameters(), a.tau)
+    return {"Loss/value_loss": q_loss.detach(), "Loss/policy_loss": pi_loss.detach(), "Loss/alpha_loss": alpha_loss.detach()}
+
+
+def make_optimizers(actor: SACActor, critic: QEnsemble, log_alpha: Tensor, cfg: Any) -> Tuple[Any, Any, Any]:
+    """Adam for the actor, the critics and the temperature, each with its own settings."""
+
+    def adam(params: Any, o: Any) -> torch.optim.Adam:
+        # fused: one kernel for all parameters (CPU and CUDA), far less Python per step than the default loop.
+        return torch.optim.Adam(
+            params, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
+        )
+
+    a = cfg.algo
+    return (
+        adam(actor.parameters(), a.actor_optimizer),
+        adam(critic.parameters(), a.critic_optimizer),
+        adam([log_alpha], a.alpha_optimizer),
+    )
+
+
+def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> ReplayBuffer:
+    """This rank's replay buffer: memory-mapped under the run folder when ``buffer.memmap``, else on ``device``."""
+    memmap_dir = run.log_dir / "memmap_buffer" / f"rank_{run.rank}" if cfg.buffer.memmap else None
+    return ReplayBuffer(
+        cfg.buffer.size, num_envs, memmap=cfg.buffer.memmap, memmap_dir=memmap_dir, obs_keys=("observations",),
+        device="cpu" if cfg.buffer.memmap else device,
+    )
+
+
+def real_next_obs(next_obs: Tensor, infos: Dict[str, Any], keys: Any) -> Tensor:
+    """``next_obs`` with the real final observation where an episode ended (SAME_STEP autoreset put the next
+    episode's first observation there), so that a truncated transition bootstraps from where it really ended."""
+    if "_final_obs" not in infos or not infos["_final_obs"].any():
+        return next_obs
+    done = infos["_final_obs"]
+    real = next_obs.clone()
+    real[torch.from_numpy(np.flatnonzero(done))] = flat_obs(obs_to_torch(final_obs_batch(infos, done, keys)), keys)
+    return real
+
+
+def main(fabric: Fabric, cfg: Any) -> None:
+    run = Run(fabric, cfg)
+    a = cfg.algo
+    world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
+    num_envs = cfg.env.num_envs
+    keys = list(a.mlp_keys.encoder)
+    if a.batch_size % world != 0:
+        raise ValueError(f"algo.batch_size={a.batch_size} is not divisible by the {world} processes")
+    batch_per_rank = a.batch_size // world
+
+    # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
+    env_seed = cfg.seed + rank * num_envs
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    action_space = envs.single_action_space
+    action_dim = int(np.prod(action_space.shape))
+    target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
+
+    state: Optional[Dict[str, Any]] = run.state
+    actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
+    target_critic = copy.deepcopy(critic_raw)
+    if state:
+        target_critic.load_state_dict(state["target_critic"])
+    target_critic.requires_grad_(False)
+    actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
+    target_critic.to(device)
+    log_alpha = torch.tensor(math.log(a.alpha), device=device, requires_grad=True)
+    optimizers = make_optimizers(actor_raw, critic_raw, log_alpha, cfg)
+    ratio = Ratio(a.replay_ratio)
+    rb = make_buffer(cfg, run, num_envs, device)
+    train_from = a.learning_starts
+    if state:
+        with torch.no_grad():
+            log_alpha.copy_(state["log_alpha"])
+        for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer")):
+            opt.load_state_dict(state[name])
+        ratio.load_state_dict(state["ratio"])
+        if "buffer" in state:
+            # Multi-rank runs save rank 0's buffer only; every rank continues from a copy of it (README).
+            rb.load_state_dict(state["buffer"])
+        else:
+            # Resumed without data: refill the buffer with the current policy before training again.
+            train_from = max(a.learning_starts, run.start_step + a.learning_starts)
+    optimizers = fabric.setup_optimizers(*optimizers)
+
+    def state_fn() -> Dict[str, Any]:
+        out = {
+            "actor": actor_raw.state_dict(),
+            "critic": critic_raw.state_dict(),
+            "target_critic": target_critic.state_dict(),
+            "log_alpha": log_alpha.detach().cpu(),
+            "actor_optimizer": optimizers[0].state_dict(),
+            "critic_optimizer": optimizers[1].state_dict(),
+            "alpha_optimizer": optimizers[2].state_dict(),
+            "ratio": ratio.state_dict(),
+        }
+        if cfg.checkpoint.save_buffer:
+            out["buffer"] = rb.state_dict()
+        return out
+
+    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
+    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
+    obs, _ = envs.reset(seed=env_seed)
+    run.restore_rank_state(envs)
+    obs_t = flat_obs(obs_to_torch(obs), keys)
+    policy_step = run.start_step
+    gradient_steps = 0
+    while policy_step < a.total_steps:
+        policy_step += num_envs * world
+
+        # ---- act, step, store
+        with run.timer("env"):
+            if policy_step <= a.learning_starts:
+                actions = low + torch.rand(num_envs, action_dim) * (high - low)
+            else:
+                with torch.no_grad():
+                    actions = actor_raw(obs_t.to(device))[0].cpu()
+            next_obs, rewards, terminated, truncated, infos = envs.step(actions.view(num_envs, *action_space.shape).numpy())
+            next_t = flat_obs(obs_to_torch(next_obs), keys)
+            rb.add(
+                {
+                    "observations": obs_t[None],
+                    "next_observations": real_next_obs(next_t, infos, keys)[None],
+                    "actions": actions[None],
+                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
+                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
+                }
+            )
+            obs_t = next_t
+            run.record_episodes(infos)
+
+        # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
+        if policy_step > train_from:
+            steps = ratio(num_envs * world)
+            if steps > 0:
+                with run.timer("train"):
+                    sample = rb.sample(batch_per_rank, n_samples=steps)
+                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    for i in range(steps):
+                        gradient_steps += 1
+                        losses = train(
+                            fabric, actor, critic, target_critic, log_alpha, optimizers,
+                            {k: v[i] for k, v in data.items()}, cfg, target_entropy,
+                            gradient_steps % a.target_update_every == 0, world,
+                        )
+                    # The last step's losses stand for the window: reading every step's would sync a GPU each time.
+                    for name, value in losses.items():
+                        run.metrics.update(name, value)
+                    run.metrics.update("Info/alpha", log_alpha.detach().exp())
+
+        run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(actor_raw.greedy, envs, policy_step)
+        run.maybe_checkpoint(policy_step, state_fn, envs)
+        if run.should_stop():
+            break
+
+    run.finish(policy_step, state_fn, envs, act=actor_raw.greedy)
+    envs.close()
