@@ -26,15 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 def raw_sps(num_envs: int, steps: int, with_policy: bool) -> float:
     import gymnasium as gym
-    import numpy as np
     import torch
     from omegaconf import OmegaConf
 
     from sheeprl.algos.ppo.agent import build_agent
     from sheeprl.algos.ppo.args import PPOConfig
 
-    envs = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    envs = gym.make_vec(
+        "CartPole-v1",
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
     obs, _ = envs.reset(seed=0)
     cfg = OmegaConf.structured(PPOConfig)
     space = gym.spaces.Dict({"state": envs.single_observation_space})
@@ -57,18 +60,39 @@ def sheeprl_run(total_steps: int, num_envs: int, threads: int) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "sheeprl.py"), "ppo", "--env_id", "CartPole-v1", "--num_envs", str(num_envs),
-               "--total_steps", str(total_steps), "--eval_episodes", "0", "--num_threads", str(threads), "--seed", "1"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "sheeprl.py"),
+            "ppo",
+            "--env_id",
+            "CartPole-v1",
+            "--num_envs",
+            str(num_envs),
+            "--total_steps",
+            str(total_steps),
+            "--eval_episodes",
+            "0",
+            "--num_threads",
+            str(threads),
+            "--seed",
+            "1",
+        ]
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        subprocess.run(
+            cmd, cwd=tmp, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+        )
         wall = time.perf_counter() - t0
         (events,) = list(Path(tmp).rglob("events.out.tfevents.*"))
         acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
         acc.Reload()
         mean = lambda tag: sum(e.value for e in acc.Scalars(tag)) / len(acc.Scalars(tag))  # noqa: E731
         returns = acc.Scalars("Rewards/rew_avg")
-        return {"wall": wall, "sps_rollout": mean("Time/sps_env_interaction"), "sps_train": mean("Time/sps_train"),
-                "final_return": returns[-1].value if returns else float("nan")}
+        return {
+            "wall": wall,
+            "sps_rollout": mean("Time/sps_env_interaction"),
+            "sps_train": mean("Time/sps_train"),
+            "final_return": returns[-1].value if returns else float("nan"),
+        }
 
 
 def main() -> None:
@@ -84,14 +108,18 @@ def main() -> None:
     env_only = raw_sps(args.num_envs, raw_steps, with_policy=False)
     env_policy = raw_sps(args.num_envs, raw_steps, with_policy=True)
     run = sheeprl_run(args.total_steps, args.num_envs, args.threads)
-    print(f"PPO CartPole-v1, {args.num_envs} envs, 128-step rollouts, {args.total_steps} steps, {args.threads} thread(s)")
+    print(
+        f"PPO CartPole-v1, {args.num_envs} envs, 128-step rollouts, {args.total_steps} steps, {args.threads} thread(s)"
+    )
     print(f"  raw env                 {env_only:10,.0f} SPS")
     print(f"  raw env + policy        {env_policy:10,.0f} SPS")
     print(f"  sheeprl rollout         {run['sps_rollout']:10,.0f} SPS  (Time/sps_env_interaction)")
     print(f"  rollout overhead        {env_policy / run['sps_rollout']:10.2f} x raw env + policy")
     print(f"  sheeprl train phase     {run['sps_train']:10,.0f} SPS  (Time/sps_train)")
-    print(f"  sheeprl full run        {run['wall']:10.1f} s wall, {args.total_steps / run['wall']:,.0f} SPS overall "
-          f"(process start, eval off; last training return {run['final_return']:.1f})")
+    print(
+        f"  sheeprl full run        {run['wall']:10.1f} s wall, {args.total_steps / run['wall']:,.0f} SPS overall "
+        f"(process start, eval off; last training return {run['final_return']:.1f})"
+    )
 
 
 if __name__ == "__main__":

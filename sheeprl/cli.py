@@ -15,8 +15,9 @@ import difflib
 import os
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 from sheeprl.config import ConfigError, validate_common
 
@@ -25,7 +26,7 @@ CONFIG_GROUPS = ("algo", "env", "exp", "fabric", "buffer", "checkpoint", "metric
 EXIT_USAGE = 2
 
 # Sub-commands that are not algorithms: name -> "module:function" taking argv, returning an exit code.
-COMMANDS: Dict[str, Tuple[str, str]] = {
+COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sheeprl.evaluate", "main"),
     "plot": ("sheeprl.plot", "main"),
 }
@@ -55,7 +56,7 @@ class SchemaField:
 
     @property
     def is_list(self) -> bool:
-        return typing.get_origin(_strip_optional(self.type)) in (list, List)
+        return typing.get_origin(_strip_optional(self.type)) in (list, list)
 
     @property
     def is_str(self) -> bool:
@@ -74,18 +75,18 @@ def _type_name(tp: Any) -> str:
     optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
     base = _strip_optional(tp)
     origin = typing.get_origin(base)
-    if origin in (list, List):
+    if origin in (list, list):
         name = f"list[{_type_name(typing.get_args(base)[0])}]"
-    elif origin in (dict, Dict):
+    elif origin in (dict, dict):
         name = "dict"
     else:
         name = getattr(base, "__name__", str(base))
     return f"{name}?" if optional else name
 
 
-def schema_fields(schema: type, prefix: str = "", instance: Any = None) -> List[SchemaField]:
+def schema_fields(schema: type, prefix: str = "", instance: Any = None) -> list[SchemaField]:
     """Flatten a dataclass schema into its leaf fields (nested dataclasses are groups, defaults from the parent)."""
-    out: List[SchemaField] = []
+    out: list[SchemaField] = []
     hints = typing.get_type_hints(schema)
     instance = schema() if instance is None else instance
     for f in dataclasses.fields(schema):
@@ -125,7 +126,7 @@ def resolve_flag(flag: str, fields: Sequence[SchemaField]) -> SchemaField:
     raise UsageError(f"unknown flag --{flag}{_did_you_mean(flag, _all_spellings(fields))}")
 
 
-def _all_spellings(fields: Sequence[SchemaField]) -> List[str]:
+def _all_spellings(fields: Sequence[SchemaField]) -> list[str]:
     names = []
     for f in fields:
         parts = f.key.split(".")
@@ -160,9 +161,9 @@ def _format_value(field: SchemaField, value: str) -> str:
     return value
 
 
-def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> List[str]:
+def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> list[str]:
     """Turn ``--flag value`` / ``--flag=value`` / ``key=value`` tokens into Hydra override strings."""
-    overrides: List[str] = []
+    overrides: list[str] = []
     by_key = {f.key: f for f in fields}
     i = 0
     while i < len(args):
@@ -245,7 +246,7 @@ def compose_config(spec: Any, overrides: Sequence[str]) -> Any:
 
 
 def _compose_error(err: BaseException) -> str:
-    chain: List[BaseException] = []
+    chain: list[BaseException] = []
     cur: Optional[BaseException] = err
     while cur is not None and cur not in chain:
         chain.append(cur)
@@ -285,7 +286,7 @@ def _world_size(cfg: Any) -> int:
     return cfg.fabric.devices * cfg.fabric.num_nodes
 
 
-def build_config(algo: str, args: Sequence[str]) -> Tuple[Any, Any]:
+def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
     """Everything up to (not including) the launch: returns (spec, cfg) or raises UsageError."""
     from sheeprl.registry import get_algorithm, load_algorithms
 
@@ -305,7 +306,9 @@ def build_config(algo: str, args: Sequence[str]) -> Tuple[Any, Any]:
     except ConfigError as err:
         raise UsageError(str(err)) from None
     if _world_size(cfg) < spec.min_devices:
-        raise UsageError(f"{spec.name} is decoupled: it needs at least 2 processes (a player and a trainer); use --devices 2 or more")
+        raise UsageError(
+            f"{spec.name} is decoupled: it needs at least 2 processes (a player and a trainer); use --devices 2 or more"
+        )
     _check_env(spec, cfg)
     return spec, cfg
 
@@ -375,7 +378,7 @@ def _unique_leaf(leaf: str, fields: Sequence[SchemaField]) -> bool:
 # --------------------------------------------------------------------------------------------- main
 
 
-def _split_algo(argv: List[str]) -> Tuple[Optional[str], List[str]]:
+def _split_algo(argv: list[str]) -> tuple[Optional[str], list[str]]:
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:
         return argv[0], argv[1:]
     for tok in argv:

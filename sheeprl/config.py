@@ -10,7 +10,7 @@ This module must stay import-light (no torch): ``--sheeprl_help`` and ``-h`` rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 
 def arg(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
@@ -36,14 +36,16 @@ class EnvConfig:
     from_pixels: bool = arg(False, "add the rendered frame as the 'rgb' observation key")
     clip_actions: bool = arg(True, "clip continuous actions to the action space bounds")
     normalize_observation: bool = arg(False, "normalize MLP observations with running mean/std (saved in checkpoints)")
-    normalize_reward: bool = arg(False, "scale rewards by the running std of the discounted return (saved in checkpoints)")
+    normalize_reward: bool = arg(
+        False, "scale rewards by the running std of the discounted return (saved in checkpoints)"
+    )
     clip_observation: float = arg(10.0, "clip normalized observations to [-x, x]")
     clip_reward: float = arg(10.0, "clip normalized rewards to [-x, x]")
     mask_velocities: bool = arg(False, "hide velocity entries of classic-control observations (a POMDP)")
     max_episode_steps: Optional[int] = arg(None, "override the env's time limit (null = the env's own)")
     capture_video: bool = arg(False, "record videos of the first env of rank 0 into the run folder's videos/")
     video_every: int = arg(50, "with capture_video, record one episode every this many episodes")
-    kwargs: Dict[str, Any] = arg(help="extra keyword arguments for gymnasium.make", factory=dict)
+    kwargs: dict[str, Any] = arg(help="extra keyword arguments for gymnasium.make", factory=dict)
 
 
 @dataclass
@@ -80,7 +82,7 @@ class MetricConfig:
 
 @dataclass
 class KeysConfig:
-    encoder: List[str] = arg(help="observation keys fed to this encoder", factory=list)
+    encoder: list[str] = arg(help="observation keys fed to this encoder", factory=list)
 
 
 @dataclass
@@ -88,7 +90,7 @@ class OptimizerConfig:
     lr: float = arg(3e-4, "learning rate")
     eps: float = arg(1e-8, "Adam epsilon")
     weight_decay: float = arg(0.0, "weight decay")
-    betas: List[float] = arg(help="Adam betas", factory=lambda: [0.9, 0.999])
+    betas: list[float] = arg(help="Adam betas", factory=lambda: [0.9, 0.999])
 
 
 @dataclass

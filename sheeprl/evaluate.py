@@ -69,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_checkpoint(path: str) -> Path:
     """A checkpoint file, or the newest rank-0 checkpoint of a run folder (or of its ``checkpoint/``)."""
-    from sheeprl.utils.checkpoint import list_checkpoints
-
     p = Path(path)
     if p.is_dir():
+        from sheeprl.utils.checkpoint import list_checkpoints  # imports torch: only when needed
+
         found = list_checkpoints(p / "checkpoint") or list_checkpoints(p)
         if not found:
             raise EvalError(f"no checkpoint (ckpt_<step>_0.ckpt) in {p} or {p / 'checkpoint'}")

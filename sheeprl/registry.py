@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class AlgorithmSpec:
     entry: str  # "package.module:function", called as function(fabric, cfg)
     schema: type
     description: str
-    action_spaces: Tuple[str, ...]
+    action_spaces: tuple[str, ...]
     decoupled: bool = False
     validate: Optional[Callable[[Any], None]] = None
 
@@ -46,8 +47,8 @@ class AlgorithmSpec:
         return getattr(importlib.import_module(module), func)
 
 
-ALGORITHMS: Dict[str, AlgorithmSpec] = {}
-_EVALUATIONS: Dict[str, Callable[..., Any]] = {}
+ALGORITHMS: dict[str, AlgorithmSpec] = {}
+_EVALUATIONS: dict[str, Callable[..., Any]] = {}
 
 
 def register_algorithm(
@@ -98,7 +99,7 @@ def get_evaluation(name: str) -> Optional[Callable[..., Any]]:
 _LOADED = False
 
 
-def load_algorithms() -> Dict[str, AlgorithmSpec]:
+def load_algorithms() -> dict[str, AlgorithmSpec]:
     """Import every ``sheeprl.algos.<name>.args`` module once; they register their algorithms."""
     global _LOADED
     if not _LOADED:

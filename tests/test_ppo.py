@@ -8,11 +8,21 @@ import time
 
 import pytest
 import torch
-
-from helpers import event_files, run_dirs, scalars
 from conftest import ROOT
+from helpers import event_files, run_dirs, scalars
 
-FAST = ["--num_envs", "2", "--rollout_steps", "64", "--minibatch_size", "64", "--eval_episodes", "2", "--metric.log_every", "128"]
+FAST = [
+    "--num_envs",
+    "2",
+    "--rollout_steps",
+    "64",
+    "--minibatch_size",
+    "64",
+    "--eval_episodes",
+    "2",
+    "--metric.log_every",
+    "128",
+]
 
 
 @pytest.mark.parametrize(
@@ -20,7 +30,17 @@ FAST = ["--num_envs", "2", "--rollout_steps", "64", "--minibatch_size", "64", "-
     [
         ["--env_id", "CartPole-v1"],
         ["--env_id", "Pendulum-v1", "--action_squash", "tanh"],
-        ["exp=ppo_halfcheetah", "--num_envs", "2", "--rollout_steps", "64", "--minibatch_size", "64", "--update_epochs", "1"],
+        [
+            "exp=ppo_halfcheetah",
+            "--num_envs",
+            "2",
+            "--rollout_steps",
+            "64",
+            "--minibatch_size",
+            "64",
+            "--update_epochs",
+            "1",
+        ],
     ],
     ids=["cartpole", "pendulum", "halfcheetah"],
 )
@@ -30,8 +50,15 @@ def test_smoke_writes_config_logs_and_checkpoint(cli, tmp_path, env_args):
     (run,) = run_dirs(tmp_path / "logs")
     assert len(event_files(run)) == 1
     tags = scalars(run)
-    for tag in ("Loss/policy_loss", "Loss/value_loss", "Loss/entropy_loss", "Info/learning_rate",
-                "Time/sps_env_interaction", "Time/sps_train", "Test/rew_avg"):
+    for tag in (
+        "Loss/policy_loss",
+        "Loss/value_loss",
+        "Loss/entropy_loss",
+        "Info/learning_rate",
+        "Time/sps_env_interaction",
+        "Time/sps_train",
+        "Test/rew_avg",
+    ):
         assert tag in tags, sorted(tags)
     ckpts = sorted((run / "checkpoint").glob("ckpt_*_0.ckpt"))
     assert [c.name for c in ckpts] == ["ckpt_384_0.ckpt"]
@@ -39,8 +66,18 @@ def test_smoke_writes_config_logs_and_checkpoint(cli, tmp_path, env_args):
 
 
 def test_resume_restores_everything_and_finishes_at_total_steps(cli, tmp_path):
-    args = ["--env_id", "CartPole-v1", *FAST, "--checkpoint.every", "128", "--keep_last", "0", "--eval_episodes", "0",
-            "--normalize_observation"]
+    args = [
+        "--env_id",
+        "CartPole-v1",
+        *FAST,
+        "--checkpoint.every",
+        "128",
+        "--keep_last",
+        "0",
+        "--eval_episodes",
+        "0",
+        "--normalize_observation",
+    ]
     proc = cli("ppo", *args, "--total_steps", "256", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
@@ -67,7 +104,9 @@ def test_resume_restores_everything_and_finishes_at_total_steps(cli, tmp_path):
         assert str(again["ranks"][0]["env"][k]) == str(v)
 
     # Resuming from inside the run folder continues that run to the new total_steps.
-    proc = cli("ppo", *args, "--total_steps", "512", "--resume_from", str(run / "checkpoint" / "ckpt_256_0.ckpt"), cwd=tmp_path)
+    proc = cli(
+        "ppo", *args, "--total_steps", "512", "--resume_from", str(run / "checkpoint" / "ckpt_256_0.ckpt"), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 256" in proc.stdout
     names = sorted(p.name for p in (run / "checkpoint").glob("*.ckpt"))
@@ -77,7 +116,19 @@ def test_resume_restores_everything_and_finishes_at_total_steps(cli, tmp_path):
 
 
 def test_keep_last_prunes_old_checkpoints(cli, tmp_path):
-    proc = cli("ppo", *FAST, "--total_steps", "640", "--checkpoint.every", "128", "--keep_last", "2", "--eval_episodes", "0", cwd=tmp_path)
+    proc = cli(
+        "ppo",
+        *FAST,
+        "--total_steps",
+        "640",
+        "--checkpoint.every",
+        "128",
+        "--keep_last",
+        "2",
+        "--eval_episodes",
+        "0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["ckpt_512_0.ckpt", "ckpt_640_0.ckpt"]
@@ -85,8 +136,21 @@ def test_keep_last_prunes_old_checkpoints(cli, tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sheeprl.py"), "ppo", *FAST, "--total_steps", "10000000", "--checkpoint.every", "0"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+        [
+            sys.executable,
+            str(ROOT / "sheeprl.py"),
+            "ppo",
+            *FAST,
+            "--total_steps",
+            "10000000",
+            "--checkpoint.every",
+            "0",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "logs").rglob("events.out.tfevents.*")):
@@ -103,8 +167,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 @pytest.mark.learning
 def test_ppo_solves_cartpole(cli, tmp_path):
     """PPO with CleanRL's defaults reaches a greedy mean return >= 475 on CartPole-v1 within 100k steps."""
-    proc = cli("ppo", "exp=ppo_cartpole", "--seed", "1", "--total_steps", "100000", "--eval_episodes", "10", cwd=tmp_path)
+    proc = cli(
+        "ppo", "exp=ppo_cartpole", "--seed", "1", "--total_steps", "100000", "--eval_episodes", "10", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
-    (step, value), = scalars(run)["Test/rew_avg"]
+    ((step, value),) = scalars(run)["Test/rew_avg"]
     assert step >= 99_000 and value >= 475.0, proc.stdout[-2000:]

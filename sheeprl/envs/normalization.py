@@ -29,8 +29,9 @@ def _clip_(x: np.ndarray, bound: float) -> np.ndarray:
 class RunningMeanStd:
     """Running mean and variance over a batch axis, in float64.
 
-    The batched Welford step ``m2 += sum((x - old_mean) * (x - new_mean))`` (``m2 = var * count``) equals
-    Chan et al.'s parallel update exactly, in fewer numpy calls.
+    A batch is folded in with sums taken relative to the current mean (which keeps them small):
+    ``mean += s / N`` and ``m2 += q - s**2 / N`` where ``s``, ``q`` are the sum and the sum of squares of
+    ``x - mean``, ``N`` the new total count and ``m2 = var * count``; exactly Chan et al.'s parallel update.
     """
 
     __slots__ = ("count", "mean", "var")
@@ -43,19 +44,19 @@ class RunningMeanStd:
     def update(self, batch: np.ndarray) -> None:
         """Fold a batch ``(N, *shape)`` into the statistics."""
         # Called every env step on tiny arrays, where each numpy call costs ~1 us: few calls, in place where possible.
-        n = batch.shape[0]
-        total = self.count + n
-        delta = np.add.reduce(batch, axis=0, dtype=np.float64)
-        delta *= 1.0 / total
-        delta -= self.mean * (n / total)  # = (batch_mean - mean) * n / total
-        new_mean = self.mean + delta
-        deviation = batch - self.mean
-        deviation *= batch - new_mean
+        total = self.count + batch.shape[0]
+        shifted = batch - self.mean  # float64
+        s = np.add.reduce(shifted, axis=0)
+        shifted *= shifted
+        q = np.add.reduce(shifted, axis=0)
+        step = s * (1.0 / total)
         m2 = self.var * self.count
-        m2 += np.add.reduce(deviation, axis=0)
+        m2 += q
+        s *= step  # s**2 / total
+        m2 -= s
         m2 *= 1.0 / total
+        self.mean = self.mean + step
         self.var = m2
-        self.mean = new_mean
         self.count = total
 
     def state_dict(self) -> dict[str, Any]:

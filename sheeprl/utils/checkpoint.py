@@ -12,7 +12,7 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ import torch.distributed as dist
 _CKPT_RE = re.compile(r"^ckpt_(\d+)_(\d+)\.ckpt$")
 
 
-def capture_rng() -> Dict[str, Any]:
-    state: Dict[str, Any] = {
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
@@ -32,7 +32,7 @@ def capture_rng() -> Dict[str, Any]:
     return state
 
 
-def restore_rng(state: Dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -52,7 +52,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint on the CPU; raises FileNotFoundError or ValueError (corrupt / not a sheeprl checkpoint)."""
     path = Path(path)
     if not path.is_file():
@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     return state
 
 
-def list_checkpoints(folder: str | os.PathLike) -> List[Path]:
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     """Rank-0 checkpoints in a folder, oldest first."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -75,10 +75,10 @@ def list_checkpoints(folder: str | os.PathLike) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def gather_rank_state(rank_state: Dict[str, Any]) -> List[Dict[str, Any]]:
+def gather_rank_state(rank_state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's small state, in rank order (a single-process run returns ``[rank_state]``)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out: List[Any] = [None] * dist.get_world_size()
+        out: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(out, rank_state)
         return out
     return [rank_state]
@@ -102,7 +102,7 @@ class Checkpointer:
     def due(self, policy_step: int) -> bool:
         return self._next is not None and policy_step >= self._next
 
-    def save(self, policy_step: int, state: Dict[str, Any], rank_state: Dict[str, Any]) -> Optional[Path]:
+    def save(self, policy_step: int, state: dict[str, Any], rank_state: dict[str, Any]) -> Optional[Path]:
         """Collective: every rank calls it. Returns the written path on rank 0."""
         ranks = gather_rank_state(rank_state)
         if self.every > 0:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -87,13 +87,13 @@ class DecoupledComm:
         n = batch.batch_size[0]
         if n % self.num_trainers != 0:
             raise ValueError(f"a batch of {n} transitions does not split evenly over {self.num_trainers} trainers")
-        chunks: List[Any] = [None, *(c.cpu() for c in batch.split(n // self.num_trainers, dim=0))]
-        out: List[Any] = [None]
+        chunks: list[Any] = [None, *(c.cpu() for c in batch.split(n // self.num_trainers, dim=0))]
+        out: list[Any] = [None]
         dist.scatter_object_list(out, chunks, src=PLAYER, group=self.data_group)
 
     def recv_batch(self) -> TensorDict:
         """Trainer: this trainer's chunk of the player's batch, on ``fabric.device``."""
-        out: List[Any] = [None]
+        out: list[Any] = [None]
         dist.scatter_object_list(out, None, src=PLAYER, group=self.data_group)
         return out[0].to(self.fabric.device)
 
@@ -113,7 +113,9 @@ class DecoupledComm:
             dist.broadcast(flat, src=FIRST_TRAINER, group=self.weights_group)
         else:
             if self._buffer is None or self._buffer.numel() != sum(p.numel() for p in params):
-                self._buffer = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+                self._buffer = torch.empty(
+                    sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device
+                )
             flat = self._buffer
             dist.broadcast(flat, src=FIRST_TRAINER, group=self.weights_group)
             with torch.no_grad():

@@ -8,7 +8,8 @@ These functions compute exactly the quantities the algorithms need and nothing e
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

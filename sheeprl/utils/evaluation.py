@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import torch
 from sheeprl.utils.tensors import obs_to_torch
 
 
-def summarize(values: List[float]) -> Dict[str, float]:
+def summarize(values: list[float]) -> dict[str, float]:
     """Mean, std, median, interquartile mean, min and max of a list of numbers."""
     a = np.sort(np.asarray(values, dtype=np.float64))
     n = len(a)
@@ -32,14 +33,14 @@ def summarize(values: List[float]) -> Dict[str, float]:
 @torch.no_grad()
 def run_episodes(
     cfg: Any,
-    act: Callable[[Dict[str, torch.Tensor]], torch.Tensor],
+    act: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     episodes: int,
     seed: int,
     device: torch.device | str = "cpu",
-    env_state: Optional[Dict[str, Any]] = None,
+    env_state: Optional[dict[str, Any]] = None,
     run_dir: Optional[str] = None,
     capture_video: bool = False,
-) -> Dict[str, List[float]]:
+) -> dict[str, list[float]]:
     """Play ``episodes`` episodes with ``act(obs) -> actions`` on one fresh env.
 
     ``env_state`` carries the training run's normalization statistics (frozen here). Returns the
@@ -50,8 +51,8 @@ def run_episodes(
     envs = make_vector_env(cfg, seed=seed, num_envs=1, run_dir=run_dir, capture_video=capture_video, training=False)
     if env_state:
         set_env_state(envs, env_state)
-    returns: List[float] = []
-    lengths: List[float] = []
+    returns: list[float] = []
+    lengths: list[float] = []
     try:
         obs, _ = envs.reset(seed=seed)
         while len(returns) < episodes:

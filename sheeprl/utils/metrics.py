@@ -9,7 +9,7 @@ rank never created. TensorBoard is imported lazily (the CLI's help must stay fas
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -19,8 +19,8 @@ class MetricAggregator:
     """Running means of named scalars over a logging window, synchronized over ranks on ``compute``."""
 
     def __init__(self, sync: bool = True) -> None:
-        self._sums: Dict[str, float] = {}
-        self._counts: Dict[str, int] = {}
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._sync = sync
 
     def update(self, name: str, value: Any, count: int = 1) -> None:
@@ -30,7 +30,7 @@ class MetricAggregator:
         self._sums[name] = self._sums.get(name, 0.0) + float(value) * count
         self._counts[name] = self._counts.get(name, 0) + count
 
-    def compute(self) -> Dict[str, float]:
+    def compute(self) -> dict[str, float]:
         """Mean of every metric over the window (and ranks). In a distributed run every rank must call it."""
         names = sorted(self._sums)
         if self._sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -42,7 +42,7 @@ class MetricAggregator:
                 dist.all_reduce(stats)
         else:
             stats = torch.tensor([[self._sums[n], self._counts[n]] for n in names], dtype=torch.float64)
-        return {n: float(s / c) for n, (s, c) in zip(names, stats.tolist()) if c > 0}
+        return {n: float(s / c) for n, (s, c) in zip(names, stats.tolist(), strict=True) if c > 0}
 
     def reset(self) -> None:
         self._sums.clear()
@@ -60,7 +60,7 @@ class TensorBoardLogger:
 
             self._writer = SummaryWriter(log_dir=log_dir)
 
-    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._writer is None:
             return
         for name, value in metrics.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import Any, Deque, Optional
+from typing import Any, Optional
 
 
 class Progress:
@@ -15,7 +15,7 @@ class Progress:
         self.total = total_steps
         self.enabled = enabled
         self.plain_every = plain_every
-        self.returns: Deque[float] = deque(maxlen=20)
+        self.returns: deque[float] = deque(maxlen=20)
         self._t0 = time.perf_counter()
         self._step0 = start_step
         self._last_plain = self._t0

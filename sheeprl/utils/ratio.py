@@ -8,7 +8,6 @@ at any number of envs and ranks. Its state goes into checkpoints so that a resum
 from __future__ import annotations
 
 import math
-from typing import Dict
 
 
 class Ratio:
@@ -28,8 +27,8 @@ class Ratio:
         self._carry -= steps
         return steps
 
-    def state_dict(self) -> Dict[str, float]:
+    def state_dict(self) -> dict[str, float]:
         return {"replay_ratio": self.replay_ratio, "carry": self._carry}
 
-    def load_state_dict(self, state: Dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         self._carry = float(state["carry"])

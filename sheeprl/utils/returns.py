@@ -12,8 +12,6 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 from torch import Tensor
 
@@ -34,7 +32,7 @@ def gae(
     dones: Tensor,
     gamma: float,
     gae_lambda: float,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Generalized Advantage Estimation (Schulman et al., 2016). Returns ``(advantages, returns)``.
 
     delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t)

@@ -21,10 +21,11 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class Run:
         self.seed = int(cfg.seed) + self.rank
         seed_everything(self.seed)
 
-        self.state: Optional[Dict[str, Any]] = None
+        self.state: Optional[dict[str, Any]] = None
         self.start_step = 0
         resume = cfg.checkpoint.resume_from
         if resume:
@@ -89,7 +90,7 @@ class Run:
         self._eval_every = int(cfg.eval_every)
         self._next_eval = (self.start_step // self._eval_every + 1) * self._eval_every if self._eval_every else None
         self._last_eval_step: Optional[int] = None
-        self._timers: Dict[str, float] = {}
+        self._timers: dict[str, float] = {}
         self._window_start_step = self.start_step
         self._interrupted = False
         self._install_sigint()
@@ -118,7 +119,9 @@ class Run:
                 while log_dir.exists():  # never write into an earlier run's folder
                     log_dir, i = base.with_name(f"{base.name}_{i}"), i + 1
             log_dir.mkdir(parents=True, exist_ok=True)
-            cfg_file = log_dir / ("config.yaml" if not (log_dir / "config.yaml").exists() else f"config_resume_{self.start_step}.yaml")
+            cfg_file = log_dir / (
+                "config.yaml" if not (log_dir / "config.yaml").exists() else f"config_resume_{self.start_step}.yaml"
+            )
             OmegaConf.save(self.cfg, cfg_file, resolve=True)
         return Path(self.fabric.broadcast(str(log_dir), src=0))
 
@@ -133,7 +136,7 @@ class Run:
         finally:
             self._timers[name] = self._timers.get(name, 0.0) + time.perf_counter() - t0
 
-    def record_episodes(self, infos: Dict[str, Any]) -> None:
+    def record_episodes(self, infos: dict[str, Any]) -> None:
         """Episode returns and lengths from the envs' episode statistics, for logging and the progress line."""
         if "_episode" not in infos:
             return
@@ -164,7 +167,7 @@ class Run:
 
     # ----------------------------------------------------------------------------------- checkpoints
 
-    def rank_state(self, envs: Any = None) -> Dict[str, Any]:
+    def rank_state(self, envs: Any = None) -> dict[str, Any]:
         from sheeprl.envs import get_env_state
 
         return {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
@@ -184,7 +187,7 @@ class Run:
             self.progress.print(f"warning: the checkpoint has no state for rank {self.rank}; using fresh seeds")
 
     def maybe_checkpoint(
-        self, policy_step: int, state_fn: Callable[[], Dict[str, Any]], envs: Any = None, force: bool = False
+        self, policy_step: int, state_fn: Callable[[], dict[str, Any]], envs: Any = None, force: bool = False
     ) -> None:
         """Collective when due: every rank must call it with the same ``policy_step``."""
         if force or self.checkpointer.due(policy_step):
@@ -199,7 +202,7 @@ class Run:
         self._next_eval = (policy_step // self._eval_every + 1) * self._eval_every
         return True
 
-    def evaluate(self, act: Callable[[Dict[str, torch.Tensor]], torch.Tensor], envs: Any, policy_step: int) -> None:
+    def evaluate(self, act: Callable[[dict[str, torch.Tensor]], torch.Tensor], envs: Any, policy_step: int) -> None:
         """Greedy episodes on a fresh env (rank 0 only), logged as Test/* and printed."""
         if not self.is_logger or self.cfg.eval_episodes <= 0:
             return
@@ -208,7 +211,11 @@ class Run:
         from sheeprl.utils.evaluation import run_episodes, summarize
 
         result = run_episodes(
-            self.cfg, act, self.cfg.eval_episodes, seed=self.seed + 10_000, device=self.fabric.device,
+            self.cfg,
+            act,
+            self.cfg.eval_episodes,
+            seed=self.seed + 10_000,
+            device=self.fabric.device,
             env_state=get_env_state(envs) if envs is not None else None,
         )
         ret, length = summarize(result["returns"]), summarize(result["lengths"])
@@ -249,9 +256,9 @@ class Run:
     def finish(
         self,
         policy_step: int,
-        state_fn: Callable[[], Dict[str, Any]],
+        state_fn: Callable[[], dict[str, Any]],
         envs: Any = None,
-        act: Optional[Callable[[Dict[str, torch.Tensor]], torch.Tensor]] = None,
+        act: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None,
     ) -> None:
         """Final log, final checkpoint, greedy evaluation (skipped when interrupted) and cleanup."""
         self.log(policy_step, force=True)

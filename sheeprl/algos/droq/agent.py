@@ -7,7 +7,7 @@ dropout and layer norm being switched on, which is what its ``build_agent`` chec
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import gymnasium as gym
 
@@ -16,8 +16,8 @@ from sheeprl.algos.sac.agent import build_agent as build_sac_agent
 
 
 def build_agent(
-    obs_space: gym.spaces.Dict, action_space: gym.spaces.Box, cfg: Any, state: Dict[str, Any] | None = None
-) -> Tuple[SACActor, QEnsemble]:
+    obs_space: gym.spaces.Dict, action_space: gym.spaces.Box, cfg: Any, state: dict[str, Any] | None = None
+) -> tuple[SACActor, QEnsemble]:
     """The actor and the dropout + layer-norm critic ensemble from ``cfg.algo``."""
     actor, critic = build_sac_agent(obs_space, action_space, cfg, state)
     if not critic.layer_norm or critic.dropout <= 0:

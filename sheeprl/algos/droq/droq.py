@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -37,8 +37,15 @@ if TYPE_CHECKING:
 
 
 def train_critic(
-    fabric: Fabric, actor: Any, critic: Any, target_critic: QEnsemble, log_alpha: Tensor, critic_opt: Any,
-    batch: Dict[str, Tensor], cfg: Any, update_target: bool,
+    fabric: Fabric,
+    actor: Any,
+    critic: Any,
+    target_critic: QEnsemble,
+    log_alpha: Tensor,
+    critic_opt: Any,
+    batch: dict[str, Tensor],
+    cfg: Any,
+    update_target: bool,
 ) -> Tensor:
     """One critic gradient step (and the Polyak update of the targets); returns the detached loss."""
     a = cfg.algo
@@ -57,9 +64,17 @@ def train_critic(
 
 
 def train_actor(
-    fabric: Fabric, actor: Any, critic: Any, log_alpha: Tensor, actor_opt: Any, alpha_opt: Any, obs: Tensor, cfg: Any,
-    target_entropy: float, world_size: int,
-) -> Tuple[Tensor, Tensor]:
+    fabric: Fabric,
+    actor: Any,
+    critic: Any,
+    log_alpha: Tensor,
+    actor_opt: Any,
+    alpha_opt: Any,
+    obs: Tensor,
+    cfg: Any,
+    target_entropy: float,
+    world_size: int,
+) -> tuple[Tensor, Tensor]:
     """One actor (and temperature) gradient step; the critics are constants. Returns the detached losses."""
     a = cfg.algo
     alpha = log_alpha.detach().exp()
@@ -93,7 +108,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     action_dim = int(np.prod(action_space.shape))
     target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
 
-    state: Optional[Dict[str, Any]] = run.state
+    state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
     target_critic = copy.deepcopy(critic_raw)
     if state:
@@ -109,7 +124,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     if state:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
-        for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer")):
+        for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer"), strict=True):
             opt.load_state_dict(state[name])
         critic_ratio.load_state_dict(state["ratio"])
         actor_ratio.load_state_dict(state["actor_ratio"])
@@ -119,7 +134,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             train_from = max(a.learning_starts, run.start_step + a.learning_starts)
     actor_opt, critic_opt, alpha_opt = optimizers = fabric.setup_optimizers(*optimizers)
 
-    def state_fn() -> Dict[str, Any]:
+    def state_fn() -> dict[str, Any]:
         out = {
             "actor": actor_raw.state_dict(),
             "critic": critic_raw.state_dict(),
@@ -152,7 +167,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
             else:
                 with torch.no_grad():
                     actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions.view(num_envs, *action_space.shape).numpy())
+            next_obs, rewards, terminated, truncated, infos = envs.step(
+                actions.view(num_envs, *action_space.shape).numpy()
+            )
             next_t = flat_obs(obs_to_torch(next_obs), keys)
             rb.add(
                 {
@@ -176,16 +193,31 @@ def main(fabric: Fabric, cfg: Any) -> None:
                     for i in range(n_critic):
                         critic_steps += 1
                         q_loss = train_critic(
-                            fabric, actor, critic, target_critic, log_alpha, critic_opt,
-                            {k: v[i] for k, v in data.items()}, cfg, critic_steps % a.target_update_every == 0,
+                            fabric,
+                            actor,
+                            critic,
+                            target_critic,
+                            log_alpha,
+                            critic_opt,
+                            {k: v[i] for k, v in data.items()},
+                            cfg,
+                            critic_steps % a.target_update_every == 0,
                         )
                     run.metrics.update("Loss/value_loss", q_loss)
                 if n_actor > 0:
                     obs_batches = rb.sample(batch_per_rank, n_samples=n_actor)["observations"].to(device)
                     for i in range(n_actor):
                         pi_loss, alpha_loss = train_actor(
-                            fabric, actor, critic, log_alpha, actor_opt, alpha_opt, obs_batches[i], cfg,
-                            target_entropy, world,
+                            fabric,
+                            actor,
+                            critic,
+                            log_alpha,
+                            actor_opt,
+                            alpha_opt,
+                            obs_batches[i],
+                            cfg,
+                            target_entropy,
+                            world,
                         )
                     run.metrics.update("Loss/policy_loss", pi_loss)
                     run.metrics.update("Loss/alpha_loss", alpha_loss)

@@ -6,14 +6,14 @@ critic are the two independent MLPs of CleanRL's ppo.py; with pixels a NatureCNN
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sheeprl.models import CNNEncoder, MLP, MLPEncoder, MultiEncoder
+from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder
 from sheeprl.utils.distributions import (
     categorical_entropy,
     categorical_log_prob,
@@ -33,7 +33,10 @@ class PPOAgent(nn.Module):
         cnn = None
         if cnn_keys:
             cnn = CNNEncoder(
-                cnn_keys, [obs_space[k].shape[0] for k in cnn_keys], obs_space[cnn_keys[0]].shape[-1], cfg.cnn_features_dim
+                cnn_keys,
+                [obs_space[k].shape[0] for k in cnn_keys],
+                obs_space[cnn_keys[0]].shape[-1],
+                cfg.cnn_features_dim,
             )
         mlp = MLPEncoder(mlp_keys, [int(np.prod(obs_space[k].shape)) for k in mlp_keys], []) if mlp_keys else None
         self.encoder = MultiEncoder(cnn, mlp)
@@ -61,16 +64,20 @@ class PPOAgent(nn.Module):
 
     # ----------------------------------------------------------------------------------- distributions
 
-    def _log_prob_entropy(self, out: Tensor, actions: Tensor) -> Tuple[Tensor, Tensor]:
+    def _log_prob(self, out: Tensor, actions: Tensor) -> Tensor:
         if not self.nvec:
-            log_std = self.log_std.expand_as(out)
-            return normal_log_prob(out, log_std, actions), normal_entropy(log_std)
+            return normal_log_prob(out, self.log_std.expand_as(out), actions)
         if len(self.nvec) == 1:
-            return categorical_log_prob(out, actions), categorical_entropy(out)
+            return categorical_log_prob(out, actions)
         logits = torch.split(out, self.nvec, dim=-1)
-        logp = sum(categorical_log_prob(lg, actions[..., i]) for i, lg in enumerate(logits))
-        ent = sum(categorical_entropy(lg) for lg in logits)
-        return logp, ent
+        return sum(categorical_log_prob(lg, actions[..., i]) for i, lg in enumerate(logits))
+
+    def _entropy(self, out: Tensor) -> Tensor:
+        if not self.nvec:
+            return normal_entropy(self.log_std.expand_as(out))
+        if len(self.nvec) == 1:
+            return categorical_entropy(out)
+        return sum(categorical_entropy(lg) for lg in torch.split(out, self.nvec, dim=-1))
 
     def _sample(self, out: Tensor) -> Tensor:
         if not self.nvec:
@@ -81,30 +88,26 @@ class PPOAgent(nn.Module):
 
     # ----------------------------------------------------------------------------------- paths
 
-    def forward(self, obs: Dict[str, Tensor], actions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, obs: dict[str, Tensor], actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Training: log-probabilities and entropies of ``actions`` and the state values."""
         feat = self.encoder(obs)
-        logp, ent = self._log_prob_entropy(self.actor(feat), actions)
-        return logp, ent, self.critic(feat).squeeze(-1)
+        out = self.actor(feat)
+        return self._log_prob(out, actions), self._entropy(out), self.critic(feat).squeeze(-1)
 
     @torch.no_grad()
-    def act(self, obs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    def act(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Rollout: sampled actions (pre-squash for Box), their log-probabilities and the values."""
         feat = self.encoder(obs)
         out = self.actor(feat)
         actions = self._sample(out)
-        logp, _ = self._log_prob_entropy(out, actions) if self.nvec else (self._normal_logp(out, actions), None)
-        return actions, logp, self.critic(feat).squeeze(-1)
-
-    def _normal_logp(self, mean: Tensor, actions: Tensor) -> Tensor:
-        return normal_log_prob(mean, self.log_std.expand_as(mean), actions)
+        return actions, self._log_prob(out, actions), self.critic(feat).squeeze(-1)
 
     @torch.no_grad()
-    def value(self, obs: Dict[str, Tensor]) -> Tensor:
+    def value(self, obs: dict[str, Tensor]) -> Tensor:
         return self.critic(self.encoder(obs)).squeeze(-1)
 
     @torch.no_grad()
-    def greedy(self, obs: Dict[str, Tensor]) -> Tensor:
+    def greedy(self, obs: dict[str, Tensor]) -> Tensor:
         """The deterministic policy (mode), already mapped to the env's action space."""
         out = self.actor(self.encoder(obs))
         if not self.nvec:
@@ -114,7 +117,7 @@ class PPOAgent(nn.Module):
         return torch.stack([lg.argmax(-1) for lg in torch.split(out, self.nvec, dim=-1)], dim=-1)
 
     @torch.no_grad()
-    def stochastic(self, obs: Dict[str, Tensor]) -> Tensor:
+    def stochastic(self, obs: dict[str, Tensor]) -> Tensor:
         """A sampled action mapped to the env's action space (evaluation with --stochastic)."""
         return self.to_env(self._sample(self.actor(self.encoder(obs))))
 
@@ -127,7 +130,9 @@ class PPOAgent(nn.Module):
         return torch.maximum(torch.minimum(actions, self.high), self.low)
 
 
-def build_agent(obs_space: gym.spaces.Dict, action_space: gym.Space, cfg: Any, state: Dict[str, Any] | None = None) -> PPOAgent:
+def build_agent(
+    obs_space: gym.spaces.Dict, action_space: gym.Space, cfg: Any, state: dict[str, Any] | None = None
+) -> PPOAgent:
     agent = PPOAgent(obs_space, action_space, cfg.algo)
     if state is not None:
         agent.load_state_dict(state)

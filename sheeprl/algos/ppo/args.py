@@ -75,7 +75,7 @@ class PPODecoupledArgs(PPOArgs):
     minibatch_size: int = arg(
         128, "transitions per gradient step, per trainer (must divide rollout_steps * num_envs / trainers)"
     )
-    timeout_s: float = arg(600.0, "seconds a player/trainer exchange may wait before the run fails (a dead or hung rank)")
+    timeout_s: float = arg(600.0, "seconds a player/trainer exchange may wait before the run fails (dead or hung rank)")
 
 
 @dataclass

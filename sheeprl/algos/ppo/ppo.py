@@ -13,9 +13,8 @@ Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from sheeprl.algos.ppo.agent import PPOAgent, build_agent
@@ -62,7 +61,9 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: 
                 run.metrics.update("Loss/policy_loss", pg.detach())
                 run.metrics.update("Loss/value_loss", v.detach())
                 run.metrics.update("Loss/entropy_loss", ent.detach())
-                run.metrics.update("Info/clip_frac", ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(a.clip_coef).float().mean())
+                run.metrics.update(
+                    "Info/clip_frac", ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(a.clip_coef).float().mean()
+                )
         kl = torch.stack(kls).mean()
         run.metrics.update("Info/approx_kl", kl)
         # Every rank must take the same decision, or DDP's next all-reduce would wait forever.
@@ -83,7 +84,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
     optimizer = torch.optim.Adam(
-        agent.parameters(), lr=a.optimizer.lr, eps=a.optimizer.eps, betas=tuple(a.optimizer.betas),
+        agent.parameters(),
+        lr=a.optimizer.lr,
+        eps=a.optimizer.eps,
+        betas=tuple(a.optimizer.betas),
         weight_decay=a.optimizer.weight_decay,
     )
     steps_per_iter = a.rollout_steps * num_envs * world
@@ -103,14 +107,14 @@ def main(fabric: Fabric, cfg: Any) -> None:
     policy_step = run.start_step
     start_iter = policy_step // steps_per_iter + 1
 
-    def state_fn() -> Dict[str, Any]:
+    def state_fn() -> dict[str, Any]:
         return {"agent": player.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
     next_obs = obs_to_torch(obs, fabric.device)
     gamma = a.gamma
-    for iteration in range(start_iter, num_iters + 1):
+    for _iteration in range(start_iter, num_iters + 1):
         # ---- collect a rollout with the current policy
         rb.reset()
         with run.timer("env"):
@@ -144,7 +148,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
         with run.timer("train"):
             data = rb.to_tensordict()
             values = data["values"]
-            next_values = next_values_from_rollout(values, player.value(next_obs).cpu(), data["dones"], data["bootstrap"])
+            next_values = next_values_from_rollout(
+                values, player.value(next_obs).cpu(), data["dones"], data["bootstrap"]
+            )
             advantages, returns = gae(
                 data["rewards"], values, next_values, data["terminated"], data["dones"], gamma, a.gae_lambda
             )

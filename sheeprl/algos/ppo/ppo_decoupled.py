@@ -16,7 +16,7 @@ the player's env steps: with N-1 trainers a run collects as many transitions as 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,9 +47,9 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     if run.state:
         agent.load_state_dict(run.state["agent"])
     comm.sync_weights(agent)  # start from the trainers' weights (identical after a resume)
-    trainer_state: Dict[str, Any] = {}
+    trainer_state: dict[str, Any] = {}
 
-    def state_fn() -> Dict[str, Any]:
+    def state_fn() -> dict[str, Any]:
         return {"agent": agent.state_dict(), **trainer_state}
 
     rb = ReplayBuffer(a.rollout_steps, num_envs, obs_keys=obs_keys, device="cpu")
@@ -89,7 +89,9 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
 
             # ---- advantages on the player: the trainers get independent, ready-to-use transitions
             data = rb.to_tensordict()
-            next_values = next_values_from_rollout(data["values"], agent.value(next_obs).cpu(), data["dones"], data["bootstrap"])
+            next_values = next_values_from_rollout(
+                data["values"], agent.value(next_obs).cpu(), data["dones"], data["bootstrap"]
+            )
             data["advantages"], data["returns"] = gae(
                 data["rewards"], data["values"], next_values, data["terminated"], data["dones"], a.gamma, a.gae_lambda
             )
@@ -127,7 +129,10 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
         obs_space = gym.spaces.Dict({"state": obs_space})
     agent = build_agent(obs_space, action_space, cfg)
     optimizer = torch.optim.Adam(
-        agent.parameters(), lr=a.optimizer.lr, eps=a.optimizer.eps, betas=tuple(a.optimizer.betas),
+        agent.parameters(),
+        lr=a.optimizer.lr,
+        eps=a.optimizer.eps,
+        betas=tuple(a.optimizer.betas),
         weight_decay=a.optimizer.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -140,7 +145,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     model = comm.wrap_ddp(agent)  # DDP copies trainer 1's weights to the other trainers
     comm.sync_weights(agent)
 
-    def state() -> Dict[str, Any]:
+    def state() -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
     steps_per_iter = a.rollout_steps * cfg.env.num_envs

@@ -7,7 +7,8 @@ in the env's units: the actor maps tanh's (-1, 1) onto ``[low, high]`` and the c
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -19,7 +20,7 @@ from sheeprl.models import MLP, get_activation
 from sheeprl.utils.distributions import tanh_normal_rsample
 
 
-def flat_obs(obs: Dict[str, Tensor], keys: Sequence[str]) -> Tensor:
+def flat_obs(obs: dict[str, Tensor], keys: Sequence[str]) -> Tensor:
     """Concatenate the vector observations ``keys`` along the last dim as float32."""
     x = torch.cat([obs[k].flatten(1) for k in keys], dim=-1) if len(keys) > 1 else obs[keys[0]].flatten(1)
     return x if x.dtype == torch.float32 else x.float()
@@ -56,26 +57,26 @@ class SACActor(nn.Module):
         # The change of variables a = scale * tanh(u) + bias adds -sum(log scale) to log pi.
         self.register_buffer("log_scale_sum", torch.log(self.scale).sum())
 
-    def _mean_log_std(self, obs: Tensor) -> Tuple[Tensor, Tensor]:
+    def _mean_log_std(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         h = self.trunk(obs)
         # Squash log_std smoothly into [min, max] rather than clamping it, so its gradient never vanishes.
         log_std = torch.tanh(self.log_std(h))
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1.0)
         return self.mean(h), log_std
 
-    def forward(self, obs: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Reparameterized actions in env units and their log-probabilities, for flat observations ``(B, D)``."""
         mean, log_std = self._mean_log_std(obs)
         squashed, log_prob = tanh_normal_rsample(mean, log_std)
         return squashed * self.scale + self.bias, log_prob - self.log_scale_sum
 
     @torch.no_grad()
-    def stochastic(self, obs: Dict[str, Tensor]) -> Tensor:
+    def stochastic(self, obs: dict[str, Tensor]) -> Tensor:
         """A sampled action for a dict of observations (rollouts, evaluation with --stochastic)."""
         return self(flat_obs(obs, self.keys))[0]
 
     @torch.no_grad()
-    def greedy(self, obs: Dict[str, Tensor]) -> Tensor:
+    def greedy(self, obs: dict[str, Tensor]) -> Tensor:
         """The deterministic policy tanh(mu(s)) in env units (evaluation)."""
         mean, _ = self._mean_log_std(flat_obs(obs, self.keys))
         return torch.tanh(mean) * self.scale + self.bias
@@ -108,7 +109,7 @@ class QEnsemble(nn.Module):
         self.biases = nn.ParameterList()
         self.ln_weights = nn.ParameterList()
         self.ln_biases = nn.ParameterList()
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             # nn.Linear's default initialization, member by member: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(num_critics, fan_in, fan_out).uniform_(-bound, bound)))
@@ -121,7 +122,7 @@ class QEnsemble(nn.Module):
         """Q-values ``(num_critics, B)``. With ``detach_params`` gradients reach the inputs only (the actor's loss)."""
         x = torch.cat([obs, actions], dim=-1)
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
                 w, b = w.detach(), b.detach()
             # (B, D) @ (E, D, H) broadcasts to (E, B, H) on the first layer; later layers are batched matmuls.
@@ -147,8 +148,8 @@ def polyak_update(params: Iterable[Tensor], target_params: Iterable[Tensor], tau
 
 
 def build_agent(
-    obs_space: gym.spaces.Dict, action_space: gym.spaces.Box, cfg: Any, state: Dict[str, Any] | None = None
-) -> Tuple[SACActor, QEnsemble]:
+    obs_space: gym.spaces.Dict, action_space: gym.spaces.Box, cfg: Any, state: dict[str, Any] | None = None
+) -> tuple[SACActor, QEnsemble]:
     """The actor and the critic ensemble from ``cfg.algo`` (and a checkpoint's ``state`` when given)."""
     a = cfg.algo
     keys = list(a.mlp_keys.encoder)
@@ -156,7 +157,11 @@ def build_agent(
     hidden = [a.dense_units] * a.mlp_layers
     actor = SACActor(keys, dim, action_space, hidden, a.activation, a.log_std_min, a.log_std_max)
     critic = QEnsemble(
-        dim + int(np.prod(action_space.shape)), a.num_critics, hidden, a.activation, a.critic_dropout,
+        dim + int(np.prod(action_space.shape)),
+        a.num_critics,
+        hidden,
+        a.activation,
+        a.critic_dropout,
         a.critic_layer_norm,
     )
     if state is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -44,13 +44,13 @@ def train(
     critic: Any,
     target_critic: QEnsemble,
     log_alpha: Tensor,
-    optimizers: Tuple[Any, Any, Any],
-    batch: Dict[str, Tensor],
+    optimizers: tuple[Any, Any, Any],
+    batch: dict[str, Tensor],
     cfg: Any,
     target_entropy: float,
     update_target: bool,
     world_size: int,
-) -> Dict[str, Tensor]:
+) -> dict[str, Tensor]:
     """One gradient step of critics, actor and temperature on ``batch``; returns the detached losses."""
     a = cfg.algo
     actor_opt, critic_opt, alpha_opt = optimizers
@@ -83,10 +83,14 @@ def train(
 
     if update_target:
         polyak_update(critic.module.parameters(), target_critic.parameters(), a.tau)
-    return {"Loss/value_loss": q_loss.detach(), "Loss/policy_loss": pi_loss.detach(), "Loss/alpha_loss": alpha_loss.detach()}
+    return {
+        "Loss/value_loss": q_loss.detach(),
+        "Loss/policy_loss": pi_loss.detach(),
+        "Loss/alpha_loss": alpha_loss.detach(),
+    }
 
 
-def make_optimizers(actor: SACActor, critic: QEnsemble, log_alpha: Tensor, cfg: Any) -> Tuple[Any, Any, Any]:
+def make_optimizers(actor: SACActor, critic: QEnsemble, log_alpha: Tensor, cfg: Any) -> tuple[Any, Any, Any]:
     """Adam for the actor, the critics and the temperature, each with its own settings."""
 
     def adam(params: Any, o: Any) -> torch.optim.Adam:
@@ -107,12 +111,16 @@ def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> Repl
     """This rank's replay buffer: memory-mapped under the run folder when ``buffer.memmap``, else on ``device``."""
     memmap_dir = run.log_dir / "memmap_buffer" / f"rank_{run.rank}" if cfg.buffer.memmap else None
     return ReplayBuffer(
-        cfg.buffer.size, num_envs, memmap=cfg.buffer.memmap, memmap_dir=memmap_dir, obs_keys=("observations",),
+        cfg.buffer.size,
+        num_envs,
+        memmap=cfg.buffer.memmap,
+        memmap_dir=memmap_dir,
+        obs_keys=("observations",),
         device="cpu" if cfg.buffer.memmap else device,
     )
 
 
-def real_next_obs(next_obs: Tensor, infos: Dict[str, Any], keys: Any) -> Tensor:
+def real_next_obs(next_obs: Tensor, infos: dict[str, Any], keys: Any) -> Tensor:
     """``next_obs`` with the real final observation where an episode ended (SAME_STEP autoreset put the next
     episode's first observation there), so that a truncated transition bootstraps from where it really ended."""
     if "_final_obs" not in infos or not infos["_final_obs"].any():
@@ -140,7 +148,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     action_dim = int(np.prod(action_space.shape))
     target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
 
-    state: Optional[Dict[str, Any]] = run.state
+    state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
     target_critic = copy.deepcopy(critic_raw)
     if state:
@@ -156,7 +164,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     if state:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
-        for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer")):
+        for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer"), strict=True):
             opt.load_state_dict(state[name])
         ratio.load_state_dict(state["ratio"])
         if "buffer" in state:
@@ -167,7 +175,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             train_from = max(a.learning_starts, run.start_step + a.learning_starts)
     optimizers = fabric.setup_optimizers(*optimizers)
 
-    def state_fn() -> Dict[str, Any]:
+    def state_fn() -> dict[str, Any]:
         out = {
             "actor": actor_raw.state_dict(),
             "critic": critic_raw.state_dict(),
@@ -199,7 +207,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
             else:
                 with torch.no_grad():
                     actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions.view(num_envs, *action_space.shape).numpy())
+            next_obs, rewards, terminated, truncated, infos = envs.step(
+                actions.view(num_envs, *action_space.shape).numpy()
+            )
             next_t = flat_obs(obs_to_torch(next_obs), keys)
             rb.add(
                 {
@@ -223,9 +233,17 @@ def main(fabric: Fabric, cfg: Any) -> None:
                     for i in range(steps):
                         gradient_steps += 1
                         losses = train(
-                            fabric, actor, critic, target_critic, log_alpha, optimizers,
-                            {k: v[i] for k, v in data.items()}, cfg, target_entropy,
-                            gradient_steps % a.target_update_every == 0, world,
+                            fabric,
+                            actor,
+                            critic,
+                            target_critic,
+                            log_alpha,
+                            optimizers,
+                            {k: v[i] for k, v in data.items()},
+                            cfg,
+                            target_entropy,
+                            gradient_steps % a.target_update_every == 0,
+                            world,
                         )
                     # The last step's losses stand for the window: reading every step's would sync a GPU each time.
                     for name, value in losses.items():

@@ -1,0 +1,215 @@
+"""Twin Delayed DDPG (TD3), coupled; DDPG is the same loop with one critic, no smoothing and no delay.
+
+Algorithm (Fujimoto et al., 2018, "Addressing Function Approximation Error in Actor-Critic Methods", Algorithm 1;
+DDPG: Lillicrap et al., 2016):
+
+    initialize actor mu, critics Q_1..Q_N, targets mu' <- mu, Q'_i <- Q_i, replay buffer D
+    for each policy step:
+        a = uniform during the first learning_starts steps, else clip(mu(s) + N(0, exploration_noise), low, high)
+        step the envs; store (s, a, r, s', terminated), s' being the real final observation at an episode end
+        for replay_ratio gradient steps per policy step (fractions accumulate), t = 1, 2, ...:
+            sample a batch from D
+            a' = clip(mu'(s') + clip(N(0, policy_noise), -noise_clip, noise_clip), low, high)   (target smoothing)
+            y = r + gamma * (1 - terminated) * min_i Q'_i(s', a')                               (clipped double Q)
+            minimize sum_i (Q_i(s, a) - y)^2
+            if t mod policy_delay == 0:                                                     (delayed updates)
+                minimize -Q_1(s, mu(s));  mu' <- (1 - tau) mu' + tau mu;  Q'_i <- (1 - tau) Q'_i + tau Q_i
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sheeprl.algos.sac.agent import QEnsemble, flat_obs, polyak_update
+from sheeprl.algos.sac.sac import make_buffer, real_next_obs
+from sheeprl.algos.td3.agent import TD3Actor, build_agent
+from sheeprl.algos.td3.loss import actor_loss, critic_loss, critic_target, smoothed_target_actions
+from sheeprl.envs import make_vector_env
+from sheeprl.utils.ratio import Ratio
+from sheeprl.utils.run import Run
+from sheeprl.utils.tensors import obs_to_torch
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+def train(
+    fabric: Fabric,
+    actor: Any,
+    critic: Any,
+    target_actor: TD3Actor,
+    target_critic: QEnsemble,
+    actor_opt: Any,
+    critic_opt: Any,
+    batch: dict[str, Tensor],
+    cfg: Any,
+    update_actor: bool,
+) -> dict[str, Tensor]:
+    """One critic gradient step, and the delayed actor step with the target updates; returns the detached losses."""
+    a = cfg.algo
+    scale, bias = target_actor.scale, target_actor.bias
+    with torch.no_grad():
+        next_actions = target_actor(batch["next_observations"])
+        noise = torch.randn_like(next_actions) * (a.policy_noise * scale)
+        next_actions = smoothed_target_actions(next_actions, noise, a.noise_clip * scale, bias - scale, bias + scale)
+        next_q = target_critic(batch["next_observations"], next_actions)
+        target = critic_target(batch["rewards"], next_q, batch["terminated"], a.gamma)
+    q_loss = critic_loss(critic(batch["observations"], batch["actions"]), target)
+    critic_opt.zero_grad(set_to_none=True)
+    fabric.backward(q_loss)
+    critic_opt.step()
+    losses = {"Loss/value_loss": q_loss.detach()}
+
+    if update_actor:
+        obs = batch["observations"]
+        # The critics are constants here: their weights get no gradient, only the actions do.
+        pi_loss = actor_loss(critic.module(obs, actor(obs), detach_params=True))
+        actor_opt.zero_grad(set_to_none=True)
+        fabric.backward(pi_loss)
+        actor_opt.step()
+        polyak_update(actor.module.parameters(), target_actor.parameters(), a.tau)
+        polyak_update(critic.module.parameters(), target_critic.parameters(), a.tau)
+        losses["Loss/policy_loss"] = pi_loss.detach()
+    return losses
+
+
+def main(fabric: Fabric, cfg: Any) -> None:
+    run = Run(fabric, cfg)
+    a = cfg.algo
+    world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
+    num_envs = cfg.env.num_envs
+    keys = list(a.mlp_keys.encoder)
+    if a.batch_size % world != 0:
+        raise ValueError(f"algo.batch_size={a.batch_size} is not divisible by the {world} processes")
+    batch_per_rank = a.batch_size // world
+
+    env_seed = cfg.seed + rank * num_envs
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    action_space = envs.single_action_space
+    action_dim = int(np.prod(action_space.shape))
+
+    state: Optional[dict[str, Any]] = run.state
+    actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
+    target_actor, target_critic = copy.deepcopy(actor_raw), copy.deepcopy(critic_raw)
+    if state:
+        target_actor.load_state_dict(state["target_actor"])
+        target_critic.load_state_dict(state["target_critic"])
+    target_actor.requires_grad_(False)
+    target_critic.requires_grad_(False)
+    actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
+    target_actor.to(device)
+    target_critic.to(device)
+
+    def adam(params: Any, o: Any) -> torch.optim.Adam:
+        # fused: one kernel for all parameters (CPU and CUDA), far less Python per step than the default loop.
+        return torch.optim.Adam(
+            params, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
+        )
+
+    actor_opt, critic_opt = (
+        adam(actor_raw.parameters(), a.actor_optimizer),
+        adam(critic_raw.parameters(), a.critic_optimizer),
+    )
+    ratio = Ratio(a.replay_ratio)
+    rb = make_buffer(cfg, run, num_envs, device)
+    train_from = a.learning_starts
+    gradient_steps = 0
+    if state:
+        actor_opt.load_state_dict(state["actor_optimizer"])
+        critic_opt.load_state_dict(state["critic_optimizer"])
+        ratio.load_state_dict(state["ratio"])
+        gradient_steps = int(state["gradient_steps"])
+        if "buffer" in state:
+            rb.load_state_dict(state["buffer"])
+        else:
+            train_from = max(a.learning_starts, run.start_step + a.learning_starts)
+    actor_opt, critic_opt = fabric.setup_optimizers(actor_opt, critic_opt)
+
+    def state_fn() -> dict[str, Any]:
+        out = {
+            "actor": actor_raw.state_dict(),
+            "critic": critic_raw.state_dict(),
+            "target_actor": target_actor.state_dict(),
+            "target_critic": target_critic.state_dict(),
+            "actor_optimizer": actor_opt.state_dict(),
+            "critic_optimizer": critic_opt.state_dict(),
+            "ratio": ratio.state_dict(),
+            "gradient_steps": gradient_steps,
+        }
+        if cfg.checkpoint.save_buffer:
+            out["buffer"] = rb.state_dict()
+        return out
+
+    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
+    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
+    exploration_std = a.exploration_noise * (high - low) / 2.0
+    obs, _ = envs.reset(seed=env_seed)
+    run.restore_rank_state(envs)
+    obs_t = flat_obs(obs_to_torch(obs), keys)
+    policy_step = run.start_step
+    while policy_step < a.total_steps:
+        policy_step += num_envs * world
+
+        # ---- act with Gaussian exploration noise, step, store
+        with run.timer("env"):
+            if policy_step <= a.learning_starts:
+                actions = low + torch.rand(num_envs, action_dim) * (high - low)
+            else:
+                with torch.no_grad():
+                    actions = actor_raw(obs_t.to(device)).cpu()
+                actions = torch.maximum(torch.minimum(actions + torch.randn_like(actions) * exploration_std, high), low)
+            next_obs, rewards, terminated, truncated, infos = envs.step(
+                actions.view(num_envs, *action_space.shape).numpy()
+            )
+            next_t = flat_obs(obs_to_torch(next_obs), keys)
+            rb.add(
+                {
+                    "observations": obs_t[None],
+                    "next_observations": real_next_obs(next_t, infos, keys)[None],
+                    "actions": actions[None],
+                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
+                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
+                }
+            )
+            obs_t = next_t
+            run.record_episodes(infos)
+
+        # ---- learn
+        if policy_step > train_from:
+            steps = ratio(num_envs * world)
+            if steps > 0:
+                with run.timer("train"):
+                    sample = rb.sample(batch_per_rank, n_samples=steps)
+                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    for i in range(steps):
+                        gradient_steps += 1
+                        losses = train(
+                            fabric,
+                            actor,
+                            critic,
+                            target_actor,
+                            target_critic,
+                            actor_opt,
+                            critic_opt,
+                            {k: v[i] for k, v in data.items()},
+                            cfg,
+                            gradient_steps % a.policy_delay == 0,
+                        )
+                        for name, value in losses.items():
+                            if name == "Loss/policy_loss" or i == steps - 1:
+                                run.metrics.update(name, value)
+
+        run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(actor_raw.greedy, envs, policy_step)
+        run.maybe_checkpoint(policy_step, state_fn, envs)
+        if run.should_stop():
+            break
+
+    run.finish(policy_step, state_fn, envs, act=actor_raw.greedy)
+    envs.close()

@@ -1,0 +1,380 @@
+"""Several processes, as a user runs them: coupled PPO over DDP, decoupled PPO, `fabric run`, two nodes, faults.
+
+Every run is a subprocess (Fabric's launcher re-executes ``sys.argv``) with a timeout, CPU and gloo.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from helpers import event_files, run_dirs, scalars
+
+pytestmark = pytest.mark.distributed
+
+FAST = [
+    "--env_id",
+    "CartPole-v1",
+    "--num_envs",
+    "2",
+    "--rollout_steps",
+    "64",
+    "--minibatch_size",
+    "32",
+    "--num_threads",
+    "1",
+    "--eval_episodes",
+    "2",
+    "--metric.log_every",
+    "128",
+]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def one_run(root: Path) -> Path:
+    """The single run folder under ``root``/logs, with exactly one set of TensorBoard events."""
+    (run,) = run_dirs(root / "logs")
+    assert len(event_files(run)) == 1, event_files(run)
+    assert [p.name for p in run.iterdir() if p.name.startswith("events.")] == [event_files(run)[0].name]
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of children too), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def rank_of(pid: int) -> int:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"LOCAL_RANK=")]
+    return ranks[0] if ranks else -1
+
+
+# ------------------------------------------------------------------------------------------------ usage
+
+
+def test_decoupled_with_one_process_is_a_usage_error(cli, tmp_path):
+    proc = cli("ppo_decoupled", "--env_id", "CartPole-v1", "--devices", "1", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "at least 2 processes" in lines[0], proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_decoupled_rollout_must_split_over_trainers(cli, tmp_path):
+    args = [
+        "--env_id",
+        "CartPole-v1",
+        "--devices",
+        "3",
+        "--num_envs",
+        "1",
+        "--rollout_steps",
+        "64",
+        "--minibatch_size",
+        "64",
+    ]
+    proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "2 equal trainer chunks" in proc.stderr, proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+# ------------------------------------------------------------------------------------------------ coupled
+
+
+def test_coupled_ppo_two_processes_logs_once_and_resumes(cli, tmp_path):
+    proc = cli(
+        "ppo",
+        *FAST,
+        "--devices",
+        "2",
+        "--total_steps",
+        "512",
+        "--checkpoint.every",
+        "256",
+        "--keep_last",
+        "0",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = one_run(tmp_path)
+    tags = scalars(run)
+    # policy_step counts both ranks: 2 ranks x 2 envs x 64 steps = 256 per iteration.
+    assert [s for s, _ in tags["Loss/policy_loss"]] == [256, 512]
+    assert "Test/rew_avg" in tags and "Time/sps_train" in tags
+    ckpt = torch.load(run / "checkpoint" / "ckpt_256_0.ckpt", weights_only=False)
+    assert len(ckpt["ranks"]) == 2  # each rank's RNG streams, gathered on rank 0
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
+    assert sorted(p.name for p in (run / "checkpoint").iterdir()) == ["ckpt_256_0.ckpt", "ckpt_512_0.ckpt"]
+
+    proc = cli(
+        "ppo",
+        *FAST,
+        "--devices",
+        "2",
+        "--total_steps",
+        "768",
+        "--eval_episodes",
+        "0",
+        "--resume_from",
+        str(run / "checkpoint" / "ckpt_512_0.ckpt"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from step 512" in proc.stdout
+    assert one_run(tmp_path) == run
+    assert max(s for s, _ in scalars(run)["Loss/policy_loss"]) == 768
+
+
+def test_fabric_run_two_processes(tmp_path):
+    cmd = [
+        str(BIN / "fabric"),
+        "run",
+        "--accelerator=cpu",
+        "--devices=2",
+        str(ROOT / "sheeprl.py"),
+        "ppo",
+        *FAST,
+        "--total_steps",
+        "256",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = one_run(tmp_path)
+    assert [s for s, _ in scalars(run)["Loss/policy_loss"]] == [256]
+
+
+def test_two_nodes_on_loopback_decoupled(tmp_path):
+    """Two `fabric run` invocations, node ranks 0 and 1, one process each: the player on node 0, a trainer on node 1."""
+    port = str(free_port())
+    procs = []
+    for node in (0, 1):
+        cmd = [
+            str(BIN / "fabric"),
+            "run",
+            "--accelerator=cpu",
+            "--devices=1",
+            "--num-nodes=2",
+            f"--node-rank={node}",
+            "--main-address=127.0.0.1",
+            f"--main-port={port}",
+            str(ROOT / "sheeprl.py"),
+            "ppo_decoupled",
+            *FAST,
+            "--total_steps",
+            "256",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    run = one_run(tmp_path)
+    assert "Loss/policy_loss" in scalars(run)
+
+
+# ------------------------------------------------------------------------------------------------ decoupled
+
+
+@pytest.mark.parametrize("devices", [2, 3])
+def test_decoupled_ppo_smoke(cli, tmp_path, devices):
+    proc = cli(
+        "ppo_decoupled",
+        *FAST,
+        "--devices",
+        str(devices),
+        "--total_steps",
+        "512",
+        "--checkpoint.every",
+        "256",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = one_run(tmp_path)
+    tags = scalars(run)
+    # Only the player steps envs: 2 envs x 64 steps = 128 policy steps per iteration.
+    assert [s for s, _ in tags["Loss/policy_loss"]] == [128, 256, 384, 512]
+    for tag in (
+        "Loss/value_loss",
+        "Info/learning_rate",
+        "Time/sps_env_interaction",
+        "Time/sps_train",
+        "Time/weights_sync_ms",
+        "Rewards/rew_avg",
+        "Test/rew_avg",
+    ):
+        assert tag in tags, sorted(tags)
+    ckpt = torch.load(run / "checkpoint" / "ckpt_512_0.ckpt", weights_only=False)
+    assert {"agent", "optimizer", "scheduler"} <= ckpt.keys() and len(ckpt["ranks"]) == devices
+    assert ckpt["scheduler"]["last_epoch"] == 4  # the trainers' optimizer state reached the player's checkpoint
+    assert "evaluation at step 512" in proc.stdout
+
+
+def test_decoupled_ppo_resumes(cli, tmp_path):
+    args = [
+        "ppo_decoupled",
+        *FAST,
+        "--devices",
+        "2",
+        "--eval_episodes",
+        "0",
+        "--checkpoint.every",
+        "256",
+        "--keep_last",
+        "0",
+    ]
+    proc = cli(*args, "--total_steps", "256", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = one_run(tmp_path)
+    first = torch.load(run / "checkpoint" / "ckpt_256_0.ckpt", weights_only=False)
+    proc = cli(
+        *args,
+        "--total_steps",
+        "384",
+        "--resume_from",
+        str(run / "checkpoint" / "ckpt_256_0.ckpt"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from step 256" in proc.stdout
+    second = torch.load(run / "checkpoint" / "ckpt_384_0.ckpt", weights_only=False)
+    assert second["scheduler"]["last_epoch"] == first["scheduler"]["last_epoch"] + 1
+    assert len(second["optimizer"]["state"]) == len(first["optimizer"]["state"])
+
+
+def test_killing_a_trainer_ends_the_run_with_an_error(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "sheeprl.py"),
+        "ppo_decoupled",
+        *FAST,
+        "--devices",
+        "3",
+        "--total_steps",
+        "100000000",
+        "--checkpoint.every",
+        "0",
+        "--save_last",
+        "false",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not list((tmp_path / "logs").rglob("events.out.tfevents.*")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        time.sleep(2.0)  # training is under way
+        trainers = [pid for pid in descendants(proc.pid) if rank_of(pid) == 2]
+        assert trainers, "no trainer process found"
+        os.kill(trainers[0], signal.SIGKILL)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=120)
+        elapsed = time.time() - t0
+        assert proc.returncode != 0, err[-3000:]
+        assert elapsed < 120
+        time.sleep(1.0)
+        assert not descendants(proc.pid)  # nothing left behind
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # any straggler of this run's session
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+@pytest.mark.learning
+def test_decoupled_ppo_solves_cartpole(cli, tmp_path):
+    """1 player + 2 trainers: the player's 4 x 128 rollout is split in two 256-transition chunks with 64-transition
+    minibatches per trainer, so each update averages gradients over 128 transitions, as single-process PPO does."""
+    proc = cli(
+        "ppo_decoupled",
+        "--env_id",
+        "CartPole-v1",
+        "--devices",
+        "3",
+        "--minibatch_size",
+        "64",
+        "--seed",
+        "1",
+        "--num_threads",
+        "1",
+        "--total_steps",
+        "100000",
+        "--eval_episodes",
+        "10",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ((step, value),) = scalars(one_run(tmp_path))["Test/rew_avg"]
+    assert step >= 99_000 and value >= 475.0, proc.stdout[-2000:]
+
+
+@pytest.mark.learning
+def test_coupled_ppo_two_processes_solves_cartpole(cli, tmp_path):
+    """2 ranks x 2 envs x 128 steps = 512 transitions per update and 64-transition minibatches per rank: the same
+    number and size of updates as single-process PPO with 4 envs."""
+    proc = cli(
+        "ppo",
+        "--env_id",
+        "CartPole-v1",
+        "--devices",
+        "2",
+        "--num_envs",
+        "2",
+        "--minibatch_size",
+        "64",
+        "--seed",
+        "1",
+        "--num_threads",
+        "1",
+        "--total_steps",
+        "100000",
+        "--eval_episodes",
+        "10",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ((step, value),) = scalars(one_run(tmp_path))["Test/rew_avg"]
+    assert step >= 99_000 and value >= 475.0, proc.stdout[-2000:]
