@@ -123,17 +123,30 @@ def resolve_flag(flag: str, fields: Sequence[SchemaField]) -> SchemaField:
             return top[0]
         names = ", ".join("--" + c.key for c in candidates)
         raise UsageError(f"ambiguous flag --{flag}: it matches {names}; use the dotted key")
-    raise UsageError(f"unknown flag --{flag}{_did_you_mean(flag, _all_spellings(fields))}")
+    raise UsageError(f"unknown flag --{flag}{_suggest_flags(flag, fields)}")
 
 
-def _all_spellings(fields: Sequence[SchemaField]) -> list[str]:
-    names = []
+def _suggest_flags(flag: str, fields: Sequence[SchemaField]) -> str:
+    """Did-you-mean over every spelling, reported once per key in its preferred spelling."""
+    spelling_to_key: dict[str, str] = {}
     for f in fields:
         parts = f.key.split(".")
-        names += [f.key, parts[-1]]
-        if len(parts) > 1:
-            names.append(f"{parts[0]}_{parts[-1]}")
-    return names
+        for name in (parts[-1], f"{parts[0]}_{parts[-1]}", f.key):
+            spelling_to_key.setdefault(name, f.key)
+    close = difflib.get_close_matches(flag, list(spelling_to_key), n=6, cutoff=0.6)
+    keys = list(dict.fromkeys(spelling_to_key[c] for c in close))[:3]
+    if not keys:
+        return ""
+    return " (did you mean " + " or ".join(f"'{_preferred_flag(k, fields)}'" for k in keys) + "?)"
+
+
+def _preferred_flag(key: str, fields: Sequence[SchemaField]) -> str:
+    """``--leaf`` when the leaf alone resolves to ``key``, else the dotted key."""
+    leaf = key.split(".")[-1]
+    try:
+        return "--" + leaf if resolve_flag(leaf, fields).key == key else "--" + key
+    except UsageError:
+        return "--" + key
 
 
 def _did_you_mean(word: str, choices: Sequence[str], prefix: str = "--") -> str:
@@ -358,21 +371,13 @@ def print_arguments(spec: Any) -> None:
     print(f"{spec.name}: {spec.description}\n")
     rows = []
     for f in fields:
-        parts = f.key.split(".")
-        flag = "--" + (parts[-1] if _unique_leaf(parts[-1], fields) else f.key)
+        flag = _preferred_flag(f.key, fields)
         default = "null" if f.default is None else repr(f.default) if isinstance(f.default, str) else f.default
         rows.append((f.key, flag, f.type_name, str(default), f.help))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     header = ("key", "flag", "type", "default", "description")
     for r in [header, *rows]:
         print("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:4])) + "  " + r[4])
-
-
-def _unique_leaf(leaf: str, fields: Sequence[SchemaField]) -> bool:
-    try:
-        return resolve_flag(leaf, fields).key.split(".")[-1] == leaf
-    except UsageError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -418,3 +423,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     launch(spec, cfg)
     return 0
+
+
+def run_cli(argv: Optional[Sequence[str]] = None) -> int:
+    """``main`` for console scripts: a closed pipe (``| head``) is not an error."""
+    try:
+        return main(argv)
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0

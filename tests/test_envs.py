@@ -64,6 +64,7 @@ def test_check_env_id_known_and_typo() -> None:
 
 
 def test_check_env_id_dmc() -> None:
+    pytest.importorskip("dm_control")  # the optional "dmc" extra
     check_env_id("dmc/cartpole-balance")
     with pytest.raises(EnvError, match="did you mean 'dmc/cartpole-balance'"):
         check_env_id("dmc/cartpole-balanse")
@@ -265,6 +266,7 @@ def test_mujoco_v5_env_builds_and_steps() -> None:
 
 
 def test_dmc_env_builds_and_steps() -> None:
+    pytest.importorskip("dm_control")  # the optional "dmc" extra
     env = make_env(make_cfg(id="dmc/cartpole-balance", max_episode_steps=3), seed=0, idx=0)()
     obs, _ = env.reset(seed=0)
     assert obs["state"].shape == (5,) and obs["state"].dtype == np.float32
@@ -279,6 +281,7 @@ def test_dmc_env_builds_and_steps() -> None:
 
 
 def test_dmc_from_pixels() -> None:
+    pytest.importorskip("dm_control")  # the optional "dmc" extra
     env = make_env(make_cfg(id="dmc/cartpole-balance", from_pixels=True, screen_size=32, cnn=["rgb"]), 0, 0)()
     try:
         obs, _ = env.reset(seed=0)

@@ -6,6 +6,7 @@ factory exposes as ``"state"``; ``render_mode="rgb_array"`` renders ``physics.re
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, ClassVar
 
@@ -38,11 +39,13 @@ def _import_suite() -> Any:
     prepare_mujoco_gl()
     try:
         from dm_control import suite
-    except ImportError as err:
-        raise EnvError(f"dmc/ ids need dm_control (pip install dm-control): {err}") from err
-    except RuntimeError as err:  # the chosen MUJOCO_GL backend could not be loaded
+    except (ImportError, RuntimeError) as err:
+        if importlib.util.find_spec("dm_control") is None:
+            raise EnvError("dmc/ ids need dm_control: pip install dm-control") from err
+        # Installed, so the OpenGL backend chosen by MUJOCO_GL failed to load.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         gl = os.environ.get("MUJOCO_GL")
-        raise EnvError(f"dm_control could not load MUJOCO_GL={gl} (try MUJOCO_GL=osmesa or glfw): {err}") from err
+        raise EnvError(f"dm_control could not load MUJOCO_GL={gl} (try egl, osmesa or glfw): {reason}") from err
     return suite
 
 
