@@ -79,7 +79,7 @@ def rank_of(pid: int) -> int:
 
 
 def test_decoupled_with_one_process_is_a_usage_error(cli, tmp_path):
-    proc = cli("ppo_decoupled", "--env_id", "CartPole-v1", "--devices", "1", cwd=tmp_path, timeout=120)
+    proc = cli("ppo_decoupled", "--env_id", "CartPole-v1", "--devices", "1", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "at least 2 processes" in lines[0], proc.stderr
@@ -99,7 +99,7 @@ def test_decoupled_rollout_must_split_over_trainers(cli, tmp_path):
         "--minibatch_size",
         "64",
     ]
-    proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=120)
+    proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "2 equal trainer chunks" in proc.stderr, proc.stderr
     assert not (tmp_path / "logs").exists()
 
