@@ -1,6 +1,6 @@
 """Draw assets/coupled_vs_decoupled.png: how coupled and decoupled training split the work between ranks.
 
-    .venv/bin/python assets/make_diagrams.py        # rewrites the PNG next to this script
+.venv/bin/python assets/make_diagrams.py        # rewrites the PNG next to this script
 """
 
 from __future__ import annotations

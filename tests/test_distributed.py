@@ -149,7 +149,8 @@ def test_coupled_ppo_two_processes_logs_once_and_resumes(cli, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 512" in proc.stdout
-    assert one_run(tmp_path) == run
+    assert run_dirs(tmp_path / "logs") == [run]  # the resumed run continues in its folder, rank 0 writing
+    assert len(event_files(run)) == 2  # one events file per invocation
     assert max(s for s, _ in scalars(run)["Loss/policy_loss"]) == 768
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT
 from helpers import run_dirs, scalars
+
 from sheeprl.cli import main
 
 TRAIN = [
@@ -81,7 +81,10 @@ def _write_bad_inputs(trained: Path, tmp: Path) -> dict:
         "missing": (["--checkpoint_path", str(tmp / "nope.ckpt")], "checkpoint not found"),
         "corrupt": (["--checkpoint_path", str(corrupt)], "cannot read checkpoint"),
         "not_sheeprl": (["--checkpoint_path", str(foreign)], "is not a sheeprl checkpoint"),
-        "other_algo_named": (["--checkpoint_path", str(ckpt), "--algo", "sac"], "is a checkpoint of 'ppo', not of 'sac'"),
+        "other_algo_named": (
+            ["--checkpoint_path", str(ckpt), "--algo", "sac"],
+            "is a checkpoint of 'ppo', not of 'sac'",
+        ),
         "other_algo_state": (["--checkpoint_path", str(wrong_run / "ckpt_10_0.ckpt")], "does not hold a ppo agent"),
         "no_config": (["--checkpoint_path", str(lonely)], "no config.yaml"),
         "unknown_flag": (["--checkpoint_path", str(ckpt), "--episodes", "3"], "unrecognized arguments: --episodes"),
