@@ -173,6 +173,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise EvalError(str(err)) from None
     try:
         device = torch.device(args.device)
+    except RuntimeError as err:
+        raise EvalError(f"bad --device '{args.device}': {_one_line(err)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {args.device}: no CUDA device is available here")
+    try:
         act = load_policy(cfg, state, observation_space, action_space, device, stochastic=args.stochastic)
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         # Missing or mis-shaped weights: the file belongs to another algorithm or another env.
@@ -181,7 +186,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ranks = state.get("ranks") or [{}]
     env_state = ranks[0].get("env") if isinstance(ranks[0], dict) else None
     run_dir = ckpt.resolve().parent.parent
-    video_tmp = Path(tempfile.mkdtemp(prefix=".eval_video_", dir=run_dir)) if args.capture_video else None
+    try:  # record privately first (see _collect_videos)
+        video_tmp = Path(tempfile.mkdtemp(prefix=".eval_video_", dir=run_dir)) if args.capture_video else None
+    except OSError as err:
+        raise EvalError(f"cannot write videos into {run_dir}: {err.strerror or err}") from None
     try:
         try:
             result = run_episodes(

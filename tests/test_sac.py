@@ -3,16 +3,37 @@ the replay buffer, and learning Pendulum."""
 
 import pytest
 import torch
-
 from helpers import run_dirs, scalars
 
 # A few hundred steps: 100 random warm-up steps, then replay ratio 1 with small batches and nets.
 FAST = [
-    "--env_id", "Pendulum-v1", "--num_envs", "2", "--learning_starts", "100", "--batch_size", "32",
-    "--dense_units", "32", "--buffer.size", "500", "--eval_episodes", "1", "--metric.log_every", "100",
-    "--num_threads", "1",
+    "--env_id",
+    "Pendulum-v1",
+    "--num_envs",
+    "2",
+    "--learning_starts",
+    "100",
+    "--batch_size",
+    "32",
+    "--dense_units",
+    "32",
+    "--buffer.size",
+    "500",
+    "--eval_episodes",
+    "1",
+    "--metric.log_every",
+    "100",
+    "--num_threads",
+    "1",
 ]
-TAGS = ("Loss/value_loss", "Loss/policy_loss", "Loss/alpha_loss", "Info/alpha", "Time/sps_env_interaction", "Test/rew_avg")
+TAGS = (
+    "Loss/value_loss",
+    "Loss/policy_loss",
+    "Loss/alpha_loss",
+    "Info/alpha",
+    "Time/sps_env_interaction",
+    "Test/rew_avg",
+)
 
 
 def test_sac_smoke_writes_logs_and_checkpoint(cli, tmp_path):
@@ -29,7 +50,9 @@ def test_sac_smoke_writes_logs_and_checkpoint(cli, tmp_path):
 
 
 def test_sac_two_ranks_coupled(cli, tmp_path):
-    proc = cli("sac", *FAST, "--total_steps", "200", "--devices", "2", "--eval_episodes", "0", cwd=tmp_path, timeout=300)
+    proc = cli(
+        "sac", *FAST, "--total_steps", "200", "--devices", "2", "--eval_episodes", "0", cwd=tmp_path, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     assert "Loss/value_loss" in scalars(run)
@@ -38,8 +61,15 @@ def test_sac_two_ranks_coupled(cli, tmp_path):
 @pytest.mark.parametrize("devices", ["2", "3"])
 def test_sac_decoupled_smoke(cli, tmp_path, devices):
     proc = cli(
-        "sac_decoupled", *FAST, "--total_steps", "300", "--devices", devices, "--checkpoint.save_buffer",
-        cwd=tmp_path, timeout=300,
+        "sac_decoupled",
+        *FAST,
+        "--total_steps",
+        "300",
+        "--devices",
+        devices,
+        "--checkpoint.save_buffer",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
@@ -85,8 +115,14 @@ def test_sac_resume_with_the_replay_buffer(cli, tmp_path):
     assert first["buffer"]["pos"] == 100 and first["buffer"]["data"]["observations"].shape == (100, 2, 3)
 
     proc = cli(
-        "sac", *args, "--total_steps", "300", "--resume_from", str(run / "checkpoint" / "ckpt_200_0.ckpt"),
-        cwd=tmp_path, timeout=300,
+        "sac",
+        *args,
+        "--total_steps",
+        "300",
+        "--resume_from",
+        str(run / "checkpoint" / "ckpt_200_0.ckpt"),
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 200" in proc.stdout
@@ -114,8 +150,15 @@ def test_sac_solves_pendulum(cli, tmp_path):
 def test_sac_decoupled_solves_pendulum(cli, tmp_path):
     """Decoupled SAC (1 player + 1 trainer) reaches the same bar as coupled SAC."""
     proc = cli(
-        "exp=sac_pendulum", "algo=sac_decoupled", "--devices", "2", "--seed", "1", "--num_threads", "1",
-        cwd=tmp_path, timeout=900,
+        "exp=sac_decoupled_pendulum",
+        "--devices",
+        "2",
+        "--seed",
+        "1",
+        "--num_threads",
+        "1",
+        cwd=tmp_path,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")

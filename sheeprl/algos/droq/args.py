@@ -28,6 +28,8 @@ class DroQConfig(RunConfig):
 def validate(cfg: Any) -> None:
     """DroQ-specific checks, run by the CLI before anything is written."""
     validate_offpolicy(cfg, cfg.fabric.devices * cfg.fabric.num_nodes)
+    if cfg.algo.critic_dropout <= 0 or not cfg.algo.critic_layer_norm:
+        raise ConfigError("DroQ's critics need algo.critic_dropout > 0 and algo.critic_layer_norm=true (else use sac)")
     if cfg.algo.actor_replay_ratio <= 0:
         raise ConfigError(f"algo.actor_replay_ratio must be > 0, got {cfg.algo.actor_replay_ratio}")
 
