@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,16 +34,40 @@ CONFIGS = [
 PROGRESS_RE = re.compile(r"step (\d+)/\d+\s+([\d,]+) SPS.*\(([\d.]+) s\)")
 
 
-def run_config(args: List[str], total_steps: int, threads: int) -> Dict[str, float]:
+def run_config(args: list[str], total_steps: int, threads: int) -> dict[str, float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "sheeprl.py"), *args, "--env_id", "CartPole-v1", "--seed", "1",
-               "--total_steps", str(total_steps), "--eval_episodes", "0", "--num_threads", str(threads),
-               "--checkpoint.every", "0", "--save_last", "false", "--metric.log_every", "2048"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "sheeprl.py"),
+            *args,
+            "--env_id",
+            "CartPole-v1",
+            "--seed",
+            "1",
+            "--total_steps",
+            str(total_steps),
+            "--eval_episodes",
+            "0",
+            "--num_threads",
+            str(threads),
+            "--checkpoint.every",
+            "0",
+            "--save_last",
+            "false",
+            "--metric.log_every",
+            "2048",
+        ]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=1800,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        proc = subprocess.run(
+            cmd,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-2000:]}")
@@ -59,12 +82,17 @@ def run_config(args: List[str], total_steps: int, threads: int) -> Dict[str, flo
             values = [e.value for e in acc.Scalars(tag)]
             return sum(values) / len(values)
 
-        return {"wall": wall, "loop_s": float(match[2]), "loop_sps": int(match[0]) / float(match[2]),
-                "rollout": mean("Time/sps_env_interaction"), "train": mean("Time/sps_train"),
-                "sync_ms": mean("Time/weights_sync_ms")}
+        return {
+            "wall": wall,
+            "loop_s": float(match[2]),
+            "loop_sps": int(match[0]) / float(match[2]),
+            "rollout": mean("Time/sps_env_interaction"),
+            "train": mean("Time/sps_train"),
+            "sync_ms": mean("Time/weights_sync_ms"),
+        }
 
 
-def _broadcast_worker(rank: int, port: int, sizes: List[int], repeats: int, out: str) -> None:
+def _broadcast_worker(rank: int, port: int, sizes: list[int], repeats: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -85,7 +113,7 @@ def _broadcast_worker(rank: int, port: int, sizes: List[int], repeats: int, out:
     dist.destroy_process_group()
 
 
-def broadcast_cost(sizes: List[int], repeats: int) -> Dict[int, float]:
+def broadcast_cost(sizes: list[int], repeats: int) -> dict[int, float]:
     """Seconds per float32 broadcast of ``numel`` parameters between two local gloo processes."""
     import socket
 
@@ -109,13 +137,18 @@ def main() -> None:
     args = p.parse_args()
 
     if not args.skip_runs:
-        print(f"PPO CartPole-v1, 512 transitions per update, {args.total_steps} steps, {args.threads} thread(s) per "
-              f"process, {os.cpu_count()} cores")
+        print(
+            f"PPO CartPole-v1, 512 transitions per update, {args.total_steps} steps, {args.threads} thread(s) per "
+            f"process, {os.cpu_count()} cores"
+        )
         print(f"  {'':28}{'loop SPS':>10}{'rollout SPS':>13}{'train SPS':>11}{'sync ms':>9}{'wall s':>8}")
         for name, cfg in CONFIGS:
             r = run_config(cfg, args.total_steps, args.threads)
-            print(f"  {name:28}{r['loop_sps']:10,.0f}{r['rollout']:13,.0f}{r['train']:11,.0f}"
-                  f"{r['sync_ms']:9.2f}{r['wall']:8.1f}", flush=True)
+            print(
+                f"  {name:28}{r['loop_sps']:10,.0f}{r['rollout']:13,.0f}{r['train']:11,.0f}"
+                f"{r['sync_ms']:9.2f}{r['wall']:8.1f}",
+                flush=True,
+            )
 
     if not args.skip_broadcast:
         # 9,155 = PPO's CartPole actor-critic (2 x 64 tanh MLPs); the larger sizes stand for CNN/large MLP agents.

@@ -79,7 +79,7 @@ def rank_of(pid: int) -> int:
 
 
 def test_decoupled_with_one_process_is_a_usage_error(cli, tmp_path):
-    proc = cli("ppo_decoupled", "--env_id", "CartPole-v1", "--devices", "1", cwd=tmp_path, timeout=300)
+    proc = cli("ppo_decoupled", "--env_id", "CartPole-v1", "--devices", "1", cwd=tmp_path, timeout=600)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "at least 2 processes" in lines[0], proc.stderr
@@ -99,7 +99,7 @@ def test_decoupled_rollout_must_split_over_trainers(cli, tmp_path):
         "--minibatch_size",
         "64",
     ]
-    proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=300)
+    proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 2 and "2 equal trainer chunks" in proc.stderr, proc.stderr
     assert not (tmp_path / "logs").exists()
 
@@ -120,7 +120,7 @@ def test_coupled_ppo_two_processes_logs_once_and_resumes(cli, tmp_path):
         "--keep_last",
         "0",
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = one_run(tmp_path)
@@ -145,7 +145,7 @@ def test_coupled_ppo_two_processes_logs_once_and_resumes(cli, tmp_path):
         "--resume_from",
         str(run / "checkpoint" / "ckpt_512_0.ckpt"),
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 512" in proc.stdout
@@ -166,7 +166,7 @@ def test_fabric_run_two_processes(tmp_path):
         "--total_steps",
         "256",
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = one_run(tmp_path)
     assert [s for s, _ in scalars(run)["Loss/policy_loss"]] == [256]
@@ -196,7 +196,7 @@ def test_two_nodes_on_loopback_decoupled(tmp_path):
             subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     try:
-        outs = [p.communicate(timeout=300) for p in procs]
+        outs = [p.communicate(timeout=600) for p in procs]
     finally:
         for p in procs:
             p.kill()
@@ -221,7 +221,7 @@ def test_decoupled_ppo_smoke(cli, tmp_path, devices):
         "--checkpoint.every",
         "256",
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = one_run(tmp_path)
@@ -257,7 +257,7 @@ def test_decoupled_ppo_resumes(cli, tmp_path):
         "--keep_last",
         "0",
     ]
-    proc = cli(*args, "--total_steps", "256", cwd=tmp_path, timeout=300)
+    proc = cli(*args, "--total_steps", "256", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = one_run(tmp_path)
     first = torch.load(run / "checkpoint" / "ckpt_256_0.ckpt", weights_only=False)
@@ -268,7 +268,7 @@ def test_decoupled_ppo_resumes(cli, tmp_path):
         "--resume_from",
         str(run / "checkpoint" / "ckpt_256_0.ckpt"),
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 256" in proc.stdout

@@ -31,7 +31,7 @@ def test_droq_smoke(cli, tmp_path):
         "--total_steps",
         "300",
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")

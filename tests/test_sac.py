@@ -37,7 +37,7 @@ TAGS = (
 
 
 def test_sac_smoke_writes_logs_and_checkpoint(cli, tmp_path):
-    proc = cli("sac", *FAST, "--total_steps", "300", cwd=tmp_path, timeout=300)
+    proc = cli("sac", *FAST, "--total_steps", "300", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     tags = scalars(run)
@@ -51,7 +51,7 @@ def test_sac_smoke_writes_logs_and_checkpoint(cli, tmp_path):
 
 def test_sac_two_ranks_coupled(cli, tmp_path):
     proc = cli(
-        "sac", *FAST, "--total_steps", "200", "--devices", "2", "--eval_episodes", "0", cwd=tmp_path, timeout=300
+        "sac", *FAST, "--total_steps", "200", "--devices", "2", "--eval_episodes", "0", cwd=tmp_path, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
@@ -69,7 +69,7 @@ def test_sac_decoupled_smoke(cli, tmp_path, devices):
         devices,
         "--checkpoint.save_buffer",
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
@@ -108,7 +108,7 @@ def test_sac_decoupled_needs_a_trainer(cli, tmp_path):
 
 def test_sac_resume_with_the_replay_buffer(cli, tmp_path):
     args = [*FAST, "--checkpoint.every", "200", "--keep_last", "0", "--eval_episodes", "0", "--checkpoint.save_buffer"]
-    proc = cli("sac", *args, "--total_steps", "200", cwd=tmp_path, timeout=300)
+    proc = cli("sac", *args, "--total_steps", "200", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     first = torch.load(run / "checkpoint" / "ckpt_200_0.ckpt", weights_only=False)
@@ -122,7 +122,7 @@ def test_sac_resume_with_the_replay_buffer(cli, tmp_path):
         "--resume_from",
         str(run / "checkpoint" / "ckpt_200_0.ckpt"),
         cwd=tmp_path,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step 200" in proc.stdout

@@ -28,7 +28,7 @@ FAST = [
 
 @pytest.mark.parametrize("algo, critics", [("td3", 2), ("ddpg", 1)])
 def test_smoke_writes_logs_and_checkpoint(cli, tmp_path, algo, critics):
-    proc = cli(algo, *FAST, "--total_steps", "300", "--checkpoint.save_buffer", cwd=tmp_path, timeout=300)
+    proc = cli(algo, *FAST, "--total_steps", "300", "--checkpoint.save_buffer", cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     tags = scalars(run)
