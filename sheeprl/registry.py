@@ -84,7 +84,7 @@ def register_evaluation(algorithms: str | Sequence[str]) -> Callable[[Callable[.
 
 
 def get_evaluation(name: str) -> Optional[Callable[..., Any]]:
-    """The evaluation of algorithm ``name`` (imports its entry module, which registers it)."""
+    """The ``load_policy`` of algorithm ``name`` (imports ``<algorithm package>.utils``, which registers it)."""
     spec = get_algorithm(name)
     if spec is not None and name not in _EVALUATIONS:
         package = spec.entry.partition(":")[0].rpartition(".")[0]
