@@ -18,7 +18,7 @@ train: install
 	$(PY) sheeprl.py ppo --env_id CartPole-v1
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 lint: install
 	$(VENV)/bin/ruff check sheeprl tests benchmarks
