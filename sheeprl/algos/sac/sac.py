@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -49,9 +50,13 @@ def train(
     cfg: Any,
     target_entropy: float,
     update_target: bool,
-    world_size: int,
+    average_grad: Callable[[Tensor], None] | None = None,
 ) -> dict[str, Tensor]:
-    """One gradient step of critics, actor and temperature on ``batch``; returns the detached losses."""
+    """One gradient step of critics, actor and temperature on ``batch``; returns the detached losses.
+
+    DDP averages the networks' gradients over the training ranks; the temperature is a bare tensor, so
+    ``average_grad(log_alpha.grad)`` (in place) averages it over the same ranks when there are several.
+    """
     a = cfg.algo
     actor_opt, critic_opt, alpha_opt = optimizers
     obs, actions = batch["observations"], batch["actions"]
@@ -76,8 +81,8 @@ def train(
     fabric.backward(pi_loss + alpha_loss) if a.autotune else fabric.backward(pi_loss)
     actor_opt.step()
     if a.autotune:
-        if world_size > 1:  # DDP averages the networks' gradients; the temperature is a bare tensor
-            log_alpha.grad = fabric.all_reduce(log_alpha.grad, reduce_op="mean")
+        if average_grad is not None:
+            average_grad(log_alpha.grad)
         alpha_opt.step()
         alpha_opt.zero_grad(set_to_none=True)
 
@@ -197,6 +202,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
     obs_t = flat_obs(obs_to_torch(obs), keys)
     policy_step = run.start_step
     gradient_steps = 0
+
+    def average_alpha_grad(grad: Tensor) -> None:
+        grad.copy_(fabric.all_reduce(grad, reduce_op="mean"))
+
     while policy_step < a.total_steps:
         policy_step += num_envs * world
 
@@ -243,7 +252,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                             cfg,
                             target_entropy,
                             gradient_steps % a.target_update_every == 0,
-                            world,
+                            average_alpha_grad if world > 1 else None,
                         )
                     # The last step's losses stand for the window: reading every step's would sync a GPU each time.
                     for name, value in losses.items():

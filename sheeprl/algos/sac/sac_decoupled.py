@@ -29,9 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import QEnsemble, build_agent, flat_obs, polyak_update
-from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
-from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs
+from sheeprl.algos.sac.agent import build_agent, flat_obs
+from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs, train
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
 from sheeprl.utils.ratio import Ratio
@@ -152,53 +151,6 @@ def average_gradient(grad: Tensor, comm: DecoupledComm) -> None:
         grad.div_(comm.num_trainers)
 
 
-def train(
-    actor: Any,
-    critic: Any,
-    target_critic: QEnsemble,
-    log_alpha: Tensor,
-    optimizers: tuple[Any, Any, Any],
-    batch: dict[str, Tensor],
-    cfg: Any,
-    target_entropy: float,
-    update_target: bool,
-    comm: DecoupledComm,
-) -> dict[str, Tensor]:
-    """One SAC gradient step (as ``sac.train``) with DDP-wrapped ``actor`` and ``critic`` over the trainers."""
-    a = cfg.algo
-    actor_opt, critic_opt, alpha_opt = optimizers
-    obs, actions = batch["observations"], batch["actions"]
-    alpha = log_alpha.detach().exp()
-
-    with torch.no_grad():
-        next_actions, next_log_prob = actor.module(batch["next_observations"])
-        next_q = target_critic(batch["next_observations"], next_actions)
-        target = critic_target(batch["rewards"], next_q, next_log_prob, batch["terminated"], a.gamma, alpha)
-    q_loss = critic_loss(critic(obs, actions), target)
-    critic_opt.zero_grad(set_to_none=True)
-    q_loss.backward()
-    critic_opt.step()
-
-    new_actions, log_prob = actor(obs)
-    pi_loss = actor_loss(log_prob, critic.module(obs, new_actions, detach_params=True), alpha)
-    alpha_loss = entropy_loss(log_alpha, log_prob, target_entropy)
-    actor_opt.zero_grad(set_to_none=True)
-    (pi_loss + alpha_loss if a.autotune else pi_loss).backward()
-    actor_opt.step()
-    if a.autotune:
-        average_gradient(log_alpha.grad, comm)
-        alpha_opt.step()
-        alpha_opt.zero_grad(set_to_none=True)
-
-    if update_target:
-        polyak_update(critic.module.parameters(), target_critic.parameters(), a.tau)
-    return {
-        "Loss/value_loss": q_loss.detach(),
-        "Loss/policy_loss": pi_loss.detach(),
-        "Loss/alpha_loss": alpha_loss.detach(),
-    }
-
-
 def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     import gymnasium as gym
 
@@ -253,6 +205,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                 for i in range(steps):
                     gradient_steps += 1
                     losses = train(
+                        fabric,
                         actor,
                         critic,
                         target_critic,
@@ -262,7 +215,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                         cfg,
                         target_entropy,
                         gradient_steps % a.target_update_every == 0,
-                        comm,
+                        lambda grad: average_gradient(grad, comm),
                     )
                 for name, value in losses.items():
                     run.metrics.update(name, value)
