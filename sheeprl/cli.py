@@ -335,12 +335,20 @@ def launch(spec: Any, cfg: Any) -> Any:
         # `fabric run` already created the processes and passes its flags through the environment.
         fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
         return spec.load_entry()(fabric, cfg)
+    strategy: Any = cfg.fabric.strategy
+    if strategy in ("auto", "ddp") and cfg.fabric.devices * cfg.fabric.num_nodes > 1:
+        from datetime import timedelta
+
+        from lightning.fabric.strategies import DDPStrategy
+
+        # A rank that hangs (rather than dies) must end the run within a bounded time, not Fabric's hidden default.
+        strategy = DDPStrategy(timeout=timedelta(seconds=cfg.fabric.timeout_s))
     fabric = Fabric(
         accelerator=cfg.fabric.accelerator,
         devices=cfg.fabric.devices,
         num_nodes=cfg.fabric.num_nodes,
         precision=cfg.fabric.precision,
-        strategy=cfg.fabric.strategy,
+        strategy=strategy,
     )
     return fabric.launch(spec.load_entry(), cfg)
 

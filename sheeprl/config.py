@@ -56,6 +56,7 @@ class FabricConfig:
     precision: str = arg("32-true", "Lightning precision: 32-true, bf16-mixed, 16-mixed, ...")
     strategy: str = arg("auto", "Lightning strategy: auto, ddp, ... (auto picks ddp for several devices)")
     num_threads: Optional[int] = arg(None, "torch threads per process (null = cores available / local processes)")
+    timeout_s: int = arg(600, "seconds a collective may wait for a dead or hung rank before the run fails")
 
 
 @dataclass
@@ -129,6 +130,7 @@ def validate_common(cfg: Any) -> None:
         "env.frame_stack": cfg.env.frame_stack,
         "fabric.devices": cfg.fabric.devices,
         "fabric.num_nodes": cfg.fabric.num_nodes,
+        "fabric.timeout_s": cfg.fabric.timeout_s,
         "algo.total_steps": cfg.algo.total_steps,
     }
     for key, value in positive.items():

@@ -94,6 +94,7 @@ BAD_INPUTS = [
     (["ppo", "--env_id", "CartPol-v1"], "did you mean 'CartPole-v1'"),
     (["ppo", "--num_envs", "abc"], "env.num_envs"),
     (["ppo", "--num_envs", "0"], "env.num_envs must be >= 1"),
+    (["ppo", "--timeout_s", "0"], "fabric.timeout_s must be >= 1"),
     (["ppo", "--minibatch_size", "100"], "does not divide"),
     (["ppo", "algo.nonexistent=3"], "unknown config key 'algo.nonexistent'"),
     (["ppo", "exp=nope"], "unknown preset exp=nope"),

@@ -2,7 +2,7 @@
 
 A decoupled algorithm's entry calls :func:`setup_decoupled` on every rank and branches on the role::
 
-    comm = setup_decoupled(fabric, timeout_s=cfg.algo.timeout_s)   # collective: every rank calls it
+    comm = setup_decoupled(fabric, timeout_s=cfg.fabric.timeout_s)   # collective: every rank calls it
     run = Run(fabric, cfg)                                          # folder, logs and checkpoints as usual
     if comm.is_player:
         ...                                     # collect a batch, flatten it to a (N, ...) TensorDict

@@ -75,7 +75,6 @@ class PPODecoupledArgs(PPOArgs):
     minibatch_size: int = arg(
         128, "transitions per gradient step, per trainer (must divide rollout_steps * num_envs / trainers)"
     )
-    timeout_s: float = arg(600.0, "seconds a player/trainer exchange may wait before the run fails (dead or hung rank)")
 
 
 @dataclass
@@ -91,8 +90,6 @@ def validate_decoupled(cfg: Any) -> None:
     for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
-    if a.timeout_s <= 0:
-        raise ConfigError(f"algo.timeout_s must be > 0, got {a.timeout_s}")
     trainers = _world_size(cfg) - 1
     batch = a.rollout_steps * cfg.env.num_envs
     if trainers >= 1 and (batch % trainers != 0 or (batch // trainers) % a.minibatch_size != 0):

@@ -173,7 +173,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
 
 
 def main(fabric: Fabric, cfg: Any) -> None:
-    comm = setup_decoupled(fabric, timeout_s=cfg.algo.timeout_s)
+    comm = setup_decoupled(fabric, timeout_s=cfg.fabric.timeout_s)
     run = Run(fabric, cfg)
     if comm.is_player:
         player(fabric, cfg, comm, run)

@@ -80,14 +80,11 @@ def validate_decoupled(cfg: Any) -> None:
     validate_offpolicy(cfg, cfg.fabric.devices * cfg.fabric.num_nodes - 1)
     if cfg.algo.exchange_every < 1:
         raise ConfigError(f"algo.exchange_every must be >= 1, got {cfg.algo.exchange_every}")
-    if cfg.algo.timeout_s <= 0:
-        raise ConfigError(f"algo.timeout_s must be > 0, got {cfg.algo.timeout_s}")
 
 
 @dataclass
 class SACDecoupledArgs(SACArgs):
     name: str = arg("sac_decoupled", "algorithm name")
-    timeout_s: float = arg(600.0, "seconds a player/trainer exchange may wait before the run fails (dead or hung rank)")
     exchange_every: int = arg(
         16, "env steps the player takes between two exchanges with the trainers (batches out, actor in)"
     )
