@@ -21,7 +21,17 @@ from typing import Any, Optional
 
 from sheeprl.config import ConfigError, validate_common
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+def _builtin_config_dir() -> Path:
+    """``configs/`` at the top of a source checkout; inside the package (``sheeprl/configs``) in a built wheel."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if (packaged / "config.yaml").is_file() else here.parent / "configs"
+
+
+CONFIG_DIR = _builtin_config_dir()
+CONFIG_DIR_ENV = "SHEEPRL_CONFIG_DIR"
+# The user's preset folders (``--config_dir`` and $SHEEPRL_CONFIG_DIR), searched before the built-in one.
+USER_CONFIG_DIRS: list[Path] = []
 CONFIG_GROUPS = ("algo", "env", "exp", "fabric", "buffer", "checkpoint", "metric")
 EXIT_USAGE = 2
 
@@ -156,6 +166,55 @@ def _did_you_mean(word: str, choices: Sequence[str], prefix: str = "--") -> str:
     return " (did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?)"
 
 
+# --------------------------------------------------------------------------------------------- config folders
+
+
+def config_dirs() -> list[Path]:
+    """Every folder presets are read from, first match wins: the user's folders, then the built-in one."""
+    return [*USER_CONFIG_DIRS, CONFIG_DIR]
+
+
+def group_options(group: str) -> list[str]:
+    """The names ``group=NAME`` accepts (built-in and user presets)."""
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
+
+
+def find_preset(group: str, name: str) -> Optional[Path]:
+    for d in config_dirs():
+        path = d / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def _take_config_dirs(argv: list[str]) -> list[str]:
+    """Remove ``--config_dir DIR`` / ``--config_dir=DIR`` from argv (and read $SHEEPRL_CONFIG_DIR) into USER_CONFIG_DIRS."""
+    dirs: list[str] = [d for d in os.environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if d]
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--config_dir":
+            if i + 1 >= len(argv):
+                raise UsageError("flag --config_dir needs a folder")
+            dirs.append(argv[i + 1])
+            i += 2
+            continue
+        if tok.startswith("--config_dir="):
+            dirs.append(tok.split("=", 1)[1])
+        else:
+            rest.append(tok)
+        i += 1
+    USER_CONFIG_DIRS.clear()
+    for d in dirs:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise UsageError(f"--config_dir {d}: no such folder")
+        # Cmd-line flags come after the environment variable: the last folder given is searched first.
+        USER_CONFIG_DIRS.insert(0, path)
+    return rest
+
+
 # --------------------------------------------------------------------------------------------- argv
 
 
@@ -199,7 +258,7 @@ def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> lis
             key, _, value = tok.partition("=")
             bare = key.lstrip("+~")
             if bare in CONFIG_GROUPS:
-                options = [p.stem for p in (CONFIG_DIR / bare).glob("*.yaml")]
+                options = group_options(bare)
                 if value not in options and value != "null":
                     raise UsageError(f"unknown preset {bare}={value}{_did_you_mean(value, options, prefix=bare + '=')}")
             elif _under_dict_field(bare, fields):
@@ -227,9 +286,9 @@ def _preset_algo(name: str) -> str:
     """The algorithm an ``exp=`` preset selects (its ``override /algo: X`` default)."""
     import yaml
 
-    path = CONFIG_DIR / "exp" / f"{name}.yaml"
-    if not path.is_file():
-        presets = [p.stem for p in (CONFIG_DIR / "exp").glob("*.yaml")]
+    path = find_preset("exp", name)
+    if path is None:
+        presets = group_options("exp")
         raise UsageError(f"unknown preset exp={name}{_did_you_mean(name, presets, prefix='exp=')}")
     data = yaml.safe_load(path.read_text()) or {}
     for item in data.get("defaults", []):
@@ -248,6 +307,7 @@ def compose_config(spec: Any, overrides: Sequence[str]) -> Any:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="sheeprl_schema", node=spec.schema)
+    _register_user_search_path()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -256,6 +316,27 @@ def compose_config(spec: Any, overrides: Sequence[str]) -> Any:
         raise UsageError(_compose_error(err)) from None
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _register_user_search_path() -> None:
+    """Put the user's preset folders before the built-in one in Hydra's search path (so they can shadow it)."""
+    global _SEARCH_PATH_REGISTERED
+    if not USER_CONFIG_DIRS or _SEARCH_PATH_REGISTERED:
+        return  # the plugin reads USER_CONFIG_DIRS at every compose: registering it once is enough
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    class UserPresets(SearchPathPlugin):
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            for path in reversed(USER_CONFIG_DIRS):
+                search_path.prepend(provider="sheeprl-user", path=f"file://{path}")
+
+    Plugins.instance().register(UserPresets)
+    _SEARCH_PATH_REGISTERED = True
+
+
+_SEARCH_PATH_REGISTERED = False
 
 
 def _compose_error(err: BaseException) -> str:
@@ -377,6 +458,10 @@ def print_arguments(spec: Any) -> None:
     fields = schema_fields(spec.schema)
     print(f"usage: python sheeprl.py {spec.name} [--flag value ...] [key=value ...] [exp=PRESET]\n")
     print(f"{spec.name}: {spec.description}\n")
+    print(
+        f"presets (exp=NAME, env=NAME, ...): {CONFIG_DIR}; add your own folder with --config_dir DIR"
+        f" (or ${CONFIG_DIR_ENV})\n"
+    )
     rows = []
     for f in fields:
         flag = _preferred_flag(f.key, fields)
@@ -414,6 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             module, func = COMMANDS[argv[0]]
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
+        argv = _take_config_dirs(argv)
         algo, rest = _split_algo(argv)
         if algo is None:
             raise UsageError("no algorithm given; run 'python sheeprl.py --sheeprl_help' to list them")

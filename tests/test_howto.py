@@ -24,8 +24,10 @@ def prepare(workdir: Path, page: Path) -> None:
     """A scratch copy of sheeprl.py, the page's files, and a package copy when the page writes into it."""
     shutil.copy(ROOT / "sheeprl.py", workdir / "sheeprl.py")
     files = [(info, body) for info, body in blocks(page) if "file=" in info]
-    if any(re.search(r"file=sheeprl/", info) for info, _ in files):
+    if any(re.search(r"file=(sheeprl|configs)/", info) for info, _ in files):
+        # The CLI finds configs/ beside the package it runs from: copy both.
         shutil.copytree(ROOT / "sheeprl", workdir / "sheeprl", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "configs", workdir / "configs")
     else:  # beside sheeprl.py the package must exist, or `import sheeprl` would find the script itself
         (workdir / "sheeprl").symlink_to(ROOT / "sheeprl", target_is_directory=True)
     for info, body in files:
