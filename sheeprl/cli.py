@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from sheeprl.config import ConfigError, validate_common
 
+
 def _builtin_config_dir() -> Path:
     """``configs/`` at the top of a source checkout; inside the package (``sheeprl/configs``) in a built wheel."""
     here = Path(__file__).resolve().parent
