@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,dmc]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,all]"
 	touch $@
 
 install: $(VENV)/.installed
