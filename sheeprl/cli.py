@@ -369,16 +369,21 @@ def _check_env(spec: Any, cfg: Any) -> None:
     if kind not in spec.action_spaces:
         allowed = ", ".join(spec.action_spaces)
         raise UsageError(f"{spec.name} does not support {kind} action spaces ({cfg.env.id}); it supports: {allowed}")
+    if spec.check_env is not None:
+        try:
+            spec.check_env(cfg, env)
+        except ConfigError as err:
+            raise UsageError(str(err)) from None
+
+
+def _is_under_fabric_run() -> bool:
+    return bool(int(os.environ.get("LT_CLI_USED", "0")))
 
 
 def _world_size(cfg: Any) -> int:
-    from lightning.fabric.connector import _is_using_cli
+    from sheeprl.config import world_size
 
-    if _is_using_cli():
-        devices = os.environ.get("LT_DEVICES", "1")
-        nodes = int(os.environ.get("LT_NUM_NODES", "1"))
-        return (int(devices) if devices.isdigit() else 1) * nodes
-    return cfg.fabric.devices * cfg.fabric.num_nodes
+    return world_size(cfg)
 
 
 def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
@@ -400,12 +405,32 @@ def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
             spec.validate(cfg)
     except ConfigError as err:
         raise UsageError(str(err)) from None
+    precision = os.environ.get("LT_PRECISION") if _is_under_fabric_run() else None
+    precision = str(precision or cfg.fabric.precision)
+    if spec.decoupled and precision not in ("32-true", "32"):
+        # The trainers run their own DDP over their own group, outside Fabric's precision plugin (no autocast,
+        # no gradient scaler): anything but full precision would silently train something else.
+        raise UsageError(f"{spec.name} trains in full precision only: --precision {precision} is not supported")
     if _world_size(cfg) < spec.min_devices:
         raise UsageError(
             f"{spec.name} is decoupled: it needs at least 2 processes (a player and a trainer); use --devices 2 or more"
         )
     _check_env(spec, cfg)
     return spec, cfg
+
+
+def _ddp_strategy(cfg: Any, accelerator: str) -> Any:
+    """DDP with the run's collective timeout and a backend that takes CPU tensors next to the accelerator's."""
+    from datetime import timedelta
+
+    from lightning.fabric.strategies import DDPStrategy
+
+    from sheeprl.utils.distributed import process_group_backend
+
+    # A rank that hangs (rather than dies) must end the run within a bounded time, not Fabric's hidden default.
+    return DDPStrategy(
+        timeout=timedelta(seconds=cfg.fabric.timeout_s), process_group_backend=process_group_backend(accelerator)
+    )
 
 
 def launch(spec: Any, cfg: Any) -> Any:
@@ -415,16 +440,22 @@ def launch(spec: Any, cfg: Any) -> Any:
 
     if _is_using_cli():
         # `fabric run` already created the processes and passes its flags through the environment.
-        fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
+        cli_strategy = os.environ.get("LT_STRATEGY", cfg.fabric.strategy)
+        if cli_strategy in ("auto", "ddp") and _world_size(cfg) > 1:
+            # Fabric would refuse a strategy object next to `--strategy` from the CLI: this one is what "ddp" means,
+            # with the run's timeout and backend.
+            saved = os.environ.pop("LT_STRATEGY", None)
+            try:
+                fabric = Fabric(strategy=_ddp_strategy(cfg, os.environ.get("LT_ACCELERATOR", "auto")))
+            finally:
+                if saved is not None:
+                    os.environ["LT_STRATEGY"] = saved
+        else:
+            fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
         return spec.load_entry()(fabric, cfg)
     strategy: Any = cfg.fabric.strategy
     if strategy in ("auto", "ddp") and cfg.fabric.devices * cfg.fabric.num_nodes > 1:
-        from datetime import timedelta
-
-        from lightning.fabric.strategies import DDPStrategy
-
-        # A rank that hangs (rather than dies) must end the run within a bounded time, not Fabric's hidden default.
-        strategy = DDPStrategy(timeout=timedelta(seconds=cfg.fabric.timeout_s))
+        strategy = _ddp_strategy(cfg, cfg.fabric.accelerator)
     fabric = Fabric(
         accelerator=cfg.fabric.accelerator,
         devices=cfg.fabric.devices,
@@ -432,7 +463,49 @@ def launch(spec: Any, cfg: Any) -> Any:
         precision=cfg.fabric.precision,
         strategy=strategy,
     )
-    return fabric.launch(spec.load_entry(), cfg)
+    try:
+        result = fabric.launch(spec.load_entry(), cfg)
+    except BaseException:
+        _end_children(fabric, wait_s=0.0)  # a failed run leaves no process behind (a frozen rank included)
+        raise
+    if _end_children(fabric, wait_s=float(cfg.fabric.timeout_s)):
+        raise RunFailed("a process of the run failed (see its output above)")
+    return result
+
+
+class RunFailed(Exception):
+    """The run failed in another process, which printed its own error."""
+
+
+def _end_children(fabric: Any, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` seconds for the processes Fabric's launcher started, then kill what is left.
+
+    Returns whether any of them failed. (Processes started by ``fabric run`` belong to its agent.)
+    """
+    import subprocess
+    import time
+
+    procs: list[subprocess.Popen] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
+    deadline = time.monotonic() + wait_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    failed = False
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            proc.wait()
+        failed = failed or proc.returncode != 0
+    return failed
+
+
+def _os_error_line(err: OSError) -> str:
+    """``path: cause`` for an OSError (e.g. ``logs/x: Not a directory``)."""
+    path = err.filename if err.filename is not None else ""
+    cause = err.strerror or str(err)
+    return f"{path}: {cause}" if path else cause
 
 
 # --------------------------------------------------------------------------------------------- help
@@ -516,7 +589,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as err:
         print(f"sheeprl: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    launch(spec, cfg)
+    return _run(spec, cfg)
+
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
+
+
+def _run(spec: Any, cfg: Any) -> int:
+    """Launch; a failure during the run ends with one line and a non-zero exit code, not a traceback."""
+    import torch.distributed as dist
+
+    from sheeprl.utils.run import RunError
+
+    try:
+        launch(spec, cfg)
+    except RunError as err:
+        if err.report:
+            print(f"sheeprl: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except RunFailed:
+        return EXIT_FAILED
+    except OSError as err:
+        print(f"sheeprl: error: {_os_error_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+    except dist.DistError as err:
+        # A dead or frozen rank: the collective it left fails here (after fabric.timeout_s at worst).
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"sheeprl: error: another process of the run died or hung ({first})", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -527,3 +628,6 @@ def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one during a run
+        print("sheeprl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

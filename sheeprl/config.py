@@ -9,6 +9,9 @@ This module must stay import-light (no torch): ``--sheeprl_help`` and ``-h`` rea
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -145,3 +148,53 @@ def validate_common(cfg: Any) -> None:
         raise ConfigError(f"fabric.num_threads must be >= 1, got {cfg.fabric.num_threads}")
     if not cfg.algo.cnn_keys.encoder and not cfg.algo.mlp_keys.encoder:
         raise ConfigError("select at least one observation key: algo.cnn_keys.encoder or algo.mlp_keys.encoder")
+
+
+def world_size(cfg: Any) -> int:
+    """Processes of the run: ``fabric run``'s flags when it launched us, else fabric.devices * fabric.num_nodes."""
+    if int(os.environ.get("LT_CLI_USED", "0")):
+        devices = os.environ.get("LT_DEVICES", "1")
+        nodes = int(os.environ.get("LT_NUM_NODES", "1"))
+        return (int(devices) if devices.isdigit() else 1) * nodes
+    return cfg.fabric.devices * cfg.fabric.num_nodes
+
+
+def warn(message: str) -> None:
+    """One line on stderr, from the launching process only (Fabric's child processes re-run the CLI)."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    if rank == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"sheeprl: warning: {message}", file=sys.stderr)
+
+
+def check_budget(cfg: Any, trained_steps: int, unit: str, learning_starts: Optional[int] = None) -> None:
+    """Warn when the run will not train for exactly ``algo.total_steps`` policy steps, or never trains.
+
+    ``trained_steps``: the policy steps the loop really takes; ``unit``: what the budget is rounded to.
+    """
+    total = cfg.algo.total_steps
+    if trained_steps != total:
+        warn(f"algo.total_steps={total} is rounded to {trained_steps} policy steps ({unit})")
+    if learning_starts is not None and trained_steps <= learning_starts:
+        warn(
+            f"algo.total_steps={total} ends before algo.learning_starts={learning_starts}: "
+            "the run would never train; lower --learning_starts or raise --total_steps"
+        )
+
+
+def round_up(total: int, step: int) -> int:
+    """``total`` rounded up to a whole number of ``step`` (a loop ``while s < total: s += step`` ends there)."""
+    return math.ceil(total / step) * step
+
+
+def bounded_actions(cfg: Any, env: Any) -> None:
+    """For algorithms that sample or squash actions inside the bounds (uniform warm-up, tanh scaling)."""
+    import numpy as np
+
+    space = env.action_space
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or (np.isfinite(low).all() and np.isfinite(high).all()):
+        return
+    raise ConfigError(
+        f"{cfg.algo.name} needs finite action bounds, but {cfg.env.id} allows actions in "
+        f"[{np.min(low)}, {np.max(high)}]; wrap the env to rescale its actions to a finite box"
+    )

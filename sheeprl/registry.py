@@ -36,6 +36,8 @@ class AlgorithmSpec:
     action_spaces: tuple[str, ...]
     decoupled: bool = False
     validate: Optional[Callable[[Any], None]] = None
+    # check_env(cfg, env) raises ConfigError for an env the algorithm cannot handle (e.g. unbounded actions)
+    check_env: Optional[Callable[[Any, Any], None]] = None
 
     @property
     def min_devices(self) -> int:
@@ -60,11 +62,13 @@ def register_algorithm(
     action_spaces: Sequence[str] = ("Discrete", "Box"),
     decoupled: bool = False,
     validate: Optional[Callable[[Any], None]] = None,
+    check_env: Optional[Callable[[Any, Any], None]] = None,
 ) -> AlgorithmSpec:
-    """Register algorithm ``name``; ``validate(cfg)`` raises ConfigError on bad input before anything is written."""
+    """Register algorithm ``name``; ``validate(cfg)`` and ``check_env(cfg, env)`` (one env built from the config)
+    raise ConfigError on bad input before anything is written."""
     if ":" not in entry:
         raise ValueError(f"entry of '{name}' must look like 'package.module:function', got '{entry}'")
-    spec = AlgorithmSpec(name, entry, schema, description, tuple(action_spaces), decoupled, validate)
+    spec = AlgorithmSpec(name, entry, schema, description, tuple(action_spaces), decoupled, validate, check_env)
     if name in ALGORITHMS and ALGORITHMS[name] != spec:
         raise ValueError(f"algorithm '{name}' is registered twice")
     ALGORITHMS[name] = spec

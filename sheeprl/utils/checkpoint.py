@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from sheeprl.utils.distributed import all_gather_object
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)_(\d+)\.ckpt$")
 
@@ -77,11 +78,7 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 def gather_rank_state(rank_state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's small state, in rank order (a single-process run returns ``[rank_state]``)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, rank_state)
-        return out
-    return [rank_state]
+    return all_gather_object(rank_state)  # on the CPU-capable group: NCCL alone cannot gather objects
 
 
 class Checkpointer:

@@ -37,6 +37,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from sheeprl.utils.distributed import cpu_capable_backend
+
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
     from tensordict import TensorDict
@@ -149,10 +151,13 @@ def setup_decoupled(fabric: Fabric, timeout_s: float = 600.0) -> DecoupledComm:
         raise RuntimeError("a decoupled algorithm needs at least 2 processes (a player and a trainer)")
     world = fabric.world_size
     timeout = timedelta(seconds=timeout_s)
+    # Batches and trainer state travel as objects (CPU), weights and gradients as device tensors: on an
+    # accelerator-only default group (NCCL) the groups get gloo for CPU tensors next to the accelerator's backend.
+    backend = cpu_capable_backend()
     # new_group is collective over the default group: every rank creates every group, in the same order.
-    data_group = dist.new_group(list(range(world)), timeout=timeout)
-    trainer_group = dist.new_group(list(range(1, world)), timeout=timeout)
-    weights_group = dist.new_group([PLAYER, FIRST_TRAINER], timeout=timeout)
+    data_group = dist.new_group(list(range(world)), timeout=timeout, backend=backend)
+    trainer_group = dist.new_group(list(range(1, world)), timeout=timeout, backend=backend)
+    weights_group = dist.new_group([PLAYER, FIRST_TRAINER], timeout=timeout, backend=backend)
     rank = fabric.global_rank
     return DecoupledComm(
         fabric=fabric,

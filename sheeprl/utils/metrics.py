@@ -9,10 +9,12 @@ rank never created. TensorBoard is imported lazily (the CLI's help must stay fas
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
+
+from sheeprl.utils.distributed import all_gather_object, all_reduce_cpu, is_distributed
 
 
 class MetricAggregator:
@@ -22,24 +24,28 @@ class MetricAggregator:
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._sync = sync
+        # The first non-finite loss seen (name, value); never reset: a diverged run must stop (see Run).
+        self.nonfinite: Optional[tuple[str, float]] = None
 
     def update(self, name: str, value: Any, count: int = 1) -> None:
         """Add ``value`` (a number, or a tensor whose mean is taken) with weight ``count``."""
         if isinstance(value, torch.Tensor):
             value = value.detach().float().mean().item()
-        self._sums[name] = self._sums.get(name, 0.0) + float(value) * count
+        value = float(value)
+        if self.nonfinite is None and name.startswith("Loss/") and not math.isfinite(value):
+            self.nonfinite = (name, value)  # free: the value is on the host already
+        self._sums[name] = self._sums.get(name, 0.0) + value * count
         self._counts[name] = self._counts.get(name, 0) + count
 
     def compute(self) -> dict[str, float]:
         """Mean of every metric over the window (and ranks). In a distributed run every rank must call it."""
         names = sorted(self._sums)
-        if self._sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, names)
-            names = sorted(set().union(*gathered))
+        if self._sync and is_distributed():
+            # Host-side values: on the CPU-capable group (an NCCL-only group would refuse them).
+            names = sorted(set().union(*all_gather_object(names)))
             stats = torch.tensor([[self._sums.get(n, 0.0), self._counts.get(n, 0)] for n in names], dtype=torch.float64)
             if names:
-                dist.all_reduce(stats)
+                all_reduce_cpu(stats)
         else:
             stats = torch.tensor([[self._sums[n], self._counts[n]] for n in names], dtype=torch.float64)
         return {n: float(s / c) for n, (s, c) in zip(names, stats.tolist(), strict=True) if c > 0}

@@ -29,9 +29,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from sheeprl.utils.checkpoint import Checkpointer, capture_rng, load_checkpoint, restore_rng
+from sheeprl.utils.checkpoint import Checkpointer, capture_rng, list_checkpoints, load_checkpoint, restore_rng
+from sheeprl.utils.distributed import all_gather_object, all_reduce_cpu, broadcast_object, host_group, is_distributed
 from sheeprl.utils.metrics import MetricAggregator, TensorBoardLogger
 from sheeprl.utils.progress import Progress
 
@@ -40,6 +40,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def nonfinite_entry(state: Any, prefix: str = "") -> Optional[str]:
+    """The first floating-point tensor in a (nested) state dict holding NaN or inf, as ``"key is nan"``; None if none.
+
+    The replay buffer is skipped: it is data, and large.
+    """
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() and not bool(torch.isfinite(state).all()):
+            bad = state[~torch.isfinite(state)].flatten()[0].item()
+            return f"{prefix or 'a tensor'} is {bad}"
+        return None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        if key == "buffer":
+            continue
+        found = nonfinite_entry(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
 
 
 def threads_per_process(cfg: Any, world_size: int, num_nodes: int) -> int:
@@ -51,6 +71,17 @@ def threads_per_process(cfg: Any, world_size: int, num_nodes: int) -> int:
     return max(1, cores // local)
 
 
+class RunError(RuntimeError):
+    """A failure during a run (divergence, an unwritable checkpoint): the CLI prints it on one line and exits 1.
+
+    ``report`` is false on the ranks that must stay quiet (every rank raises it; the logger rank prints it).
+    """
+
+    def __init__(self, message: str, report: bool = True) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class Run:
     """Run folder, logging, checkpoints, evaluation and interruption for one training run."""
 
@@ -59,7 +90,10 @@ class Run:
         self.cfg = cfg
         self.rank = fabric.global_rank
         self.world_size = fabric.world_size
+        self.logger_rank = logger_rank
         self.is_logger = self.rank == logger_rank
+        if is_distributed():
+            host_group(cfg.fabric.timeout_s)  # collective the first time: every rank creates it here, first
         torch.set_num_threads(threads_per_process(cfg, self.world_size, cfg.fabric.num_nodes))
         # Argument validation of torch.distributions costs ~30% of a small policy's forward pass.
         torch.distributions.Distribution.set_default_validate_args(False)
@@ -93,7 +127,8 @@ class Run:
         self._timers: dict[str, float] = {}
         self._window_start_step = self.start_step
         self._interrupted = False
-        self._install_sigint()
+        self._last_step = self.start_step  # the step should_stop reports (every loop calls log first)
+        self._install_signal_handlers()
         if self.is_logger:
             where = f"resuming from step {self.start_step}" if resume else "logging"
             self.progress.print(f"{cfg.algo.name} on {cfg.env.id}: {where} to {self.log_dir}")
@@ -112,7 +147,7 @@ class Run:
             env_dir = str(self.cfg.env.id).replace("/", "_")
             log_dir = Path(self.cfg.log_root) / self.cfg.algo.name / env_dir / f"{stamp}_{name}"
         # Every rank must agree on one folder (timestamps could differ between processes).
-        log_dir = Path(self.fabric.broadcast(str(log_dir.resolve()), src=0))
+        log_dir = Path(broadcast_object(str(log_dir.resolve()), src=0))
         if self.is_logger:
             if not resume:
                 base, i = log_dir, 1
@@ -123,7 +158,7 @@ class Run:
                 "config.yaml" if not (log_dir / "config.yaml").exists() else f"config_resume_{self.start_step}.yaml"
             )
             OmegaConf.save(self.cfg, cfg_file, resolve=True)
-        return Path(self.fabric.broadcast(str(log_dir), src=0))
+        return Path(broadcast_object(str(log_dir), src=0))
 
     # ----------------------------------------------------------------------------------- timing & metrics
 
@@ -150,6 +185,7 @@ class Run:
 
     def log(self, policy_step: int, force: bool = False) -> None:
         """Log the window's metrics when ``metric.log_every`` policy steps have passed (collective then)."""
+        self._last_step = policy_step
         self.progress.update(policy_step)
         if self._next_log is None or (policy_step < self._next_log and not force):
             return
@@ -192,7 +228,42 @@ class Run:
         """Collective when due: every rank must call it with the same ``policy_step``."""
         if force or self.checkpointer.due(policy_step):
             state = state_fn() if self.is_logger else {}
-            self.checkpointer.save(policy_step, state, self.rank_state(envs))
+            # Never a NaN checkpoint: keep_last would then delete the good ones.
+            self._check_finite(policy_step, nonfinite_entry(state))
+            try:
+                self.checkpointer.save(policy_step, state, self.rank_state(envs))
+            except (OSError, RuntimeError) as err:
+                if not isinstance(err, OSError) and "PytorchStreamWriter" not in str(err):
+                    raise  # not a write error (e.g. a collective that failed)
+                cause = err.strerror if isinstance(err, OSError) and err.strerror else "write failed (disk full?)"
+                raise RunError(f"cannot write a checkpoint to {self.checkpointer.folder}: {cause}") from None
+
+    # ----------------------------------------------------------------------------------- divergence
+
+    def _check_finite(
+        self, policy_step: int, problem: Optional[str] = None, flags: Optional[list[float]] = None
+    ) -> bool:
+        """Collective: raise RunError on every rank when any rank saw a non-finite loss (or ``problem``).
+
+        ``flags`` ride along in the same all-reduce (max over ranks); returns whether the first one is set anywhere.
+        """
+        if problem is None and self.metrics.nonfinite is not None:
+            name, value = self.metrics.nonfinite
+            problem = f"{name} is {value}"
+        values = torch.tensor([1.0 if problem else 0.0, *(flags or [0.0])])
+        if is_distributed():
+            from torch.distributed import ReduceOp
+
+            all_reduce_cpu(values, op=ReduceOp.MAX)
+        if values[0] > 0:
+            problems = [f"{p} (rank {r})" for r, p in enumerate(all_gather_object(problem)) if p]
+            good = list_checkpoints(self.checkpointer.folder)
+            kept = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written"
+            raise RunError(
+                f"{self.cfg.algo.name} diverged at step {policy_step}: {'; '.join(problems)}; {kept}",
+                report=self.is_logger,
+            )
+        return bool(values[1] > 0)
 
     # ----------------------------------------------------------------------------------- evaluation
 
@@ -203,54 +274,71 @@ class Run:
         return True
 
     def evaluate(self, act: Callable[[dict[str, torch.Tensor]], torch.Tensor], envs: Any, policy_step: int) -> None:
-        """Greedy episodes on a fresh env (rank 0 only), logged as Test/* and printed."""
-        if not self.is_logger or self.cfg.eval_episodes <= 0:
+        """Greedy episodes on fresh envs, split over the ranks, logged as Test/* and printed by the logger.
+
+        Collective: every rank calls it (a decoupled trainer with ``envs=None``). Each rank plays its share
+        with its own seed and the logger rank's normalization statistics; the results are gathered, so no
+        rank waits idle in a collective (and its timeout) while another one plays.
+        """
+        if self.cfg.eval_episodes <= 0:
             return
         self._last_eval_step = policy_step
+        self._check_finite(policy_step)  # a diverged policy has nothing to evaluate
         from sheeprl.envs import get_env_state
         from sheeprl.utils.evaluation import run_episodes, summarize
 
-        result = run_episodes(
-            self.cfg,
-            act,
-            self.cfg.eval_episodes,
-            seed=self.seed + 10_000,
-            device=self.fabric.device,
-            env_state=get_env_state(envs) if envs is not None else None,
-        )
-        ret, length = summarize(result["returns"]), summarize(result["lengths"])
+        env_state = get_env_state(envs) if self.is_logger and envs is not None else None
+        env_state = broadcast_object(env_state, src=self.logger_rank)
+        total, world = int(self.cfg.eval_episodes), self.world_size
+        share = total // world + (1 if self.rank < total % world else 0)
+        mine: dict[str, list[float]] = {"returns": [], "lengths": []}
+        if share > 0:
+            mine = run_episodes(
+                self.cfg, act, share, seed=self.seed + 10_000, device=self.fabric.device, env_state=env_state
+            )
+        results = all_gather_object(mine)
+        if not self.is_logger:
+            return
+        returns = [r for res in results for r in res["returns"]]
+        lengths = [r for res in results for r in res["lengths"]]
+        ret, length = summarize(returns), summarize(lengths)
         self.logger.log_metrics(
             {"Test/rew_avg": ret["mean"], "Test/rew_std": ret["std"], "Test/ep_len_avg": length["mean"]}, policy_step
         )
         self.progress.print(
             f"evaluation at step {policy_step}: return {ret['mean']:.2f} +- {ret['std']:.2f} "
-            f"over {len(result['returns'])} episodes (length {length['mean']:.1f})"
+            f"over {len(returns)} episodes (length {length['mean']:.1f})"
         )
 
     # ----------------------------------------------------------------------------------- interruption & end
 
-    def _install_sigint(self) -> None:
+    def _install_signal_handlers(self) -> None:
+        """Ctrl-C and SIGTERM (what job schedulers send) ask for a checkpoint and a clean stop; a second one aborts."""
         try:
-            previous = signal.getsignal(signal.SIGINT)
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
             def handler(signum: int, frame: Any) -> None:
-                if self._interrupted:  # a second Ctrl-C stops at once
-                    signal.signal(signal.SIGINT, previous)
+                if self._interrupted:  # a second signal stops at once (the CLI exits 130)
+                    for sig, prev in previous.items():
+                        signal.signal(sig, prev)
                     raise KeyboardInterrupt
                 self._interrupted = True
                 if self.is_logger:
-                    print("\ninterrupted: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
+                    name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+                    print(f"\n{name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
 
-            signal.signal(signal.SIGINT, handler)
+            for sig in previous:
+                signal.signal(sig, handler)
         except ValueError:  # not the main thread: leave Python's default behaviour
             pass
 
     def should_stop(self) -> bool:
-        """True on every rank as soon as any rank was interrupted (collective in a distributed run)."""
-        if dist.is_available() and dist.is_initialized() and self.world_size > 1:
-            flag = torch.tensor([1.0 if self._interrupted else 0.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self._interrupted = bool(flag.item())
+        """True on every rank as soon as any rank was interrupted; raises RunError when any rank diverged.
+
+        Collective in a distributed run: one all-reduce carries both flags (the losses' finiteness is known on
+        the host already, so this adds no device synchronization).
+        """
+        self._interrupted = self._check_finite(self._last_step, flags=[1.0 if self._interrupted else 0.0])
         return self._interrupted
 
     def finish(

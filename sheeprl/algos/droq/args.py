@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sheeprl.algos.sac.args import SACArgs, validate_offpolicy
-from sheeprl.config import ConfigError, RunConfig, arg
+from sheeprl.config import ConfigError, RunConfig, arg, bounded_actions, check_budget, round_up, world_size
 from sheeprl.registry import register_algorithm
 
 
@@ -27,11 +27,13 @@ class DroQConfig(RunConfig):
 
 def validate(cfg: Any) -> None:
     """DroQ-specific checks, run by the CLI before anything is written."""
-    validate_offpolicy(cfg, cfg.fabric.devices * cfg.fabric.num_nodes)
+    validate_offpolicy(cfg, world_size(cfg))
     if cfg.algo.critic_dropout <= 0 or not cfg.algo.critic_layer_norm:
         raise ConfigError("DroQ's critics need algo.critic_dropout > 0 and algo.critic_layer_norm=true (else use sac)")
     if cfg.algo.actor_replay_ratio <= 0:
         raise ConfigError(f"algo.actor_replay_ratio must be > 0, got {cfg.algo.actor_replay_ratio}")
+    per_step = cfg.env.num_envs * world_size(cfg)
+    check_budget(cfg, round_up(cfg.algo.total_steps, per_step), f"steps of {per_step} envs", cfg.algo.learning_starts)
 
 
 register_algorithm(
@@ -41,4 +43,5 @@ register_algorithm(
     description="DroQ: SAC with dropout + layer-norm Q-functions at a high replay ratio",
     action_spaces=("Box",),
     validate=validate,
+    check_env=bounded_actions,
 )

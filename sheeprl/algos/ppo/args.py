@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.config import (
+    AlgoConfig,
+    ConfigError,
+    OptimizerConfig,
+    RunConfig,
+    arg,
+    bounded_actions,
+    check_budget,
+    world_size,
+)
 from sheeprl.registry import register_algorithm
 
 
@@ -57,6 +66,14 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
     if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
         raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+    per_iter = batch * world_size(cfg)
+    check_budget(cfg, max(1, a.total_steps // per_iter) * per_iter, f"whole rollouts of {per_iter} steps")
+
+
+def check_env(cfg: Any, env: Any) -> None:
+    """tanh squashing scales actions into the bounds: they must be finite (clipping works with any bounds)."""
+    if cfg.algo.action_squash == "tanh":
+        bounded_actions(cfg, env)
 
 
 register_algorithm(
@@ -66,6 +83,7 @@ register_algorithm(
     description="Proximal Policy Optimization with GAE, clipped surrogate and value losses",
     action_spaces=("Discrete", "MultiDiscrete", "Box"),
     validate=validate,
+    check_env=check_env,
 )
 
 
@@ -84,13 +102,11 @@ class PPODecoupledConfig(RunConfig):
 
 def validate_decoupled(cfg: Any) -> None:
     """PPO's checks, with the rollout split over the trainers (every process but the player)."""
-    from sheeprl.cli import _world_size
-
     a = cfg.algo
     for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
-    trainers = _world_size(cfg) - 1
+    trainers = world_size(cfg) - 1
     batch = a.rollout_steps * cfg.env.num_envs
     if trainers >= 1 and (batch % trainers != 0 or (batch // trainers) % a.minibatch_size != 0):
         raise ConfigError(
@@ -101,6 +117,7 @@ def validate_decoupled(cfg: Any) -> None:
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
     if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
         raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+    check_budget(cfg, max(1, a.total_steps // batch) * batch, f"whole rollouts of {batch} steps")
 
 
 register_algorithm(
@@ -111,4 +128,5 @@ register_algorithm(
     action_spaces=("Discrete", "MultiDiscrete", "Box"),
     decoupled=True,
     validate=validate_decoupled,
+    check_env=check_env,
 )

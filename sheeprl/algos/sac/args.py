@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.config import (
+    AlgoConfig,
+    ConfigError,
+    OptimizerConfig,
+    RunConfig,
+    arg,
+    bounded_actions,
+    check_budget,
+    round_up,
+    world_size,
+)
 from sheeprl.registry import register_algorithm
 
 
@@ -72,12 +82,16 @@ def validate_offpolicy(cfg: Any, trainers: int) -> None:
 
 def validate(cfg: Any) -> None:
     """SAC-specific checks, run by the CLI before anything is written."""
-    validate_offpolicy(cfg, cfg.fabric.devices * cfg.fabric.num_nodes)
+    validate_offpolicy(cfg, world_size(cfg))
+    per_step = cfg.env.num_envs * world_size(cfg)
+    check_budget(cfg, round_up(cfg.algo.total_steps, per_step), f"steps of {per_step} envs", cfg.algo.learning_starts)
 
 
 def validate_decoupled(cfg: Any) -> None:
     """Rank 0 plays, the other ranks train on equal shares of each batch."""
-    validate_offpolicy(cfg, cfg.fabric.devices * cfg.fabric.num_nodes - 1)
+    validate_offpolicy(cfg, world_size(cfg) - 1)
+    per_step = cfg.env.num_envs  # only the player steps envs
+    check_budget(cfg, round_up(cfg.algo.total_steps, per_step), f"steps of {per_step} envs", cfg.algo.learning_starts)
     if cfg.algo.exchange_every < 1:
         raise ConfigError(f"algo.exchange_every must be >= 1, got {cfg.algo.exchange_every}")
 
@@ -102,6 +116,7 @@ register_algorithm(
     description="Soft Actor-Critic: twin Q critics, tanh-Gaussian actor, automatic entropy tuning",
     action_spaces=("Box",),
     validate=validate,
+    check_env=bounded_actions,
 )
 
 register_algorithm(
@@ -112,4 +127,5 @@ register_algorithm(
     action_spaces=("Box",),
     decoupled=True,
     validate=validate_decoupled,
+    check_env=bounded_actions,
 )

@@ -225,11 +225,13 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
         if run.checkpointer.due(policy_step):
             comm.from_first_trainer(state())
             run.maybe_checkpoint(policy_step, dict)  # only the player writes; every rank joins the collective
+        if run.eval_due(policy_step):
+            run.evaluate(actor_raw.greedy, None, policy_step)  # every rank plays a share of the episodes
         if run.should_stop():
             break
 
     comm.from_first_trainer(state())  # for the final checkpoint
-    run.finish(policy_step, dict)
+    run.finish(policy_step, dict, act=actor_raw.greedy)
 
 
 def main(fabric: Fabric, cfg: Any) -> None:

@@ -6,7 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.config import (
+    AlgoConfig,
+    ConfigError,
+    OptimizerConfig,
+    RunConfig,
+    arg,
+    bounded_actions,
+    check_budget,
+    round_up,
+    world_size,
+)
 from sheeprl.registry import register_algorithm
 
 
@@ -65,9 +75,11 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"{a.name} learns from vector observations only: set algo.cnn_keys.encoder=[]")
     if cfg.buffer.size < 2:
         raise ConfigError(f"buffer.size must be >= 2, got {cfg.buffer.size}")
-    world = cfg.fabric.devices * cfg.fabric.num_nodes
+    world = world_size(cfg)
     if a.batch_size % world != 0:
         raise ConfigError(f"algo.batch_size={a.batch_size} must be divisible by the {world} processes that split it")
+    per_step = cfg.env.num_envs * world
+    check_budget(cfg, round_up(a.total_steps, per_step), f"steps of {per_step} envs", a.learning_starts)
 
 
 register_algorithm(
@@ -77,6 +89,7 @@ register_algorithm(
     description="TD3: clipped double Q, delayed policy updates, target policy smoothing",
     action_spaces=("Box",),
     validate=validate,
+    check_env=bounded_actions,
 )
 
 register_algorithm(
@@ -86,4 +99,5 @@ register_algorithm(
     description="DDPG: TD3 with one critic, no target smoothing and no policy delay",
     action_spaces=("Box",),
     validate=validate,
+    check_env=bounded_actions,
 )
