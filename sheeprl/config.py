@@ -167,12 +167,13 @@ def warn(message: str) -> None:
 
 
 def check_budget(cfg: Any, trained_steps: int, unit: str, learning_starts: Optional[int] = None) -> None:
-    """Warn when the run will not train for exactly ``algo.total_steps`` policy steps, or never trains.
+    """Warn when the run will train for more than 1% more or fewer policy steps than asked, or never trains.
 
     ``trained_steps``: the policy steps the loop really takes; ``unit``: what the budget is rounded to.
     """
     total = cfg.algo.total_steps
-    if trained_steps != total:
+    # A rounding of at most 1% (e.g. 100,000 -> 99,840 for PPO's defaults) is what whole rollouts mean, not news.
+    if abs(trained_steps - total) > 0.01 * total:
         warn(f"algo.total_steps={total} is rounded to {trained_steps} policy steps ({unit})")
     if learning_starts is not None and trained_steps <= learning_starts:
         warn(

@@ -26,14 +26,17 @@ class MetricAggregator:
         self._sync = sync
         # The first non-finite loss seen (name, value); never reset: a diverged run must stop (see Run).
         self.nonfinite: Optional[tuple[str, float]] = None
+        self.last_losses: dict[str, float] = {}  # the latest value of every Loss/* metric, for error messages
 
     def update(self, name: str, value: Any, count: int = 1) -> None:
         """Add ``value`` (a number, or a tensor whose mean is taken) with weight ``count``."""
         if isinstance(value, torch.Tensor):
             value = value.detach().float().mean().item()
         value = float(value)
-        if self.nonfinite is None and name.startswith("Loss/") and not math.isfinite(value):
-            self.nonfinite = (name, value)  # free: the value is on the host already
+        if name.startswith("Loss/"):
+            self.last_losses[name] = value
+            if self.nonfinite is None and not math.isfinite(value):
+                self.nonfinite = (name, value)  # free: the value is on the host already
         self._sums[name] = self._sums.get(name, 0.0) + value * count
         self._counts[name] = self._counts.get(name, 0) + count
 

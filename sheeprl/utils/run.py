@@ -250,6 +250,10 @@ class Run:
         if problem is None and self.metrics.nonfinite is not None:
             name, value = self.metrics.nonfinite
             problem = f"{name} is {value}"
+        elif problem is not None and self.metrics.last_losses:
+            # The parameters went bad in the last update: name the losses that update saw.
+            losses = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(self.metrics.last_losses.items()))
+            problem = f"{problem} after an update with {losses}"
         values = torch.tensor([1.0 if problem else 0.0, *(flags or [0.0])])
         if is_distributed():
             from torch.distributed import ReduceOp

@@ -1,0 +1,281 @@
+"""Runs you can trust (issue 8): divergence, signals, unwritable folders, budgets, bounds, precision, fabric run.
+
+In-process tests build configs with the real CLI and stub out the launch; the rest run ``sheeprl.py`` as a user
+would and read its exit code, its stderr and what it left on disk.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from sheeprl import cli
+from sheeprl.utils.checkpoint import list_checkpoints
+from sheeprl.utils.run import Run, RunError, nonfinite_entry
+
+TINY = ["--num_envs", "2", "--rollout_steps", "64", "--minibatch_size", "32", "--num_threads", "1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """Replace the launch by a recorder: the tests check what reaches it (or that nothing does)."""
+    calls = []
+    monkeypatch.setattr(cli, "launch", lambda spec, cfg: calls.append((spec.name, cfg)))
+    return calls
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+
+
+def test_nonfinite_loss_or_state_stops_the_run_and_keeps_good_checkpoints(tmp_path):
+    from lightning.fabric import Fabric
+
+    _, cfg = cli.build_config("ppo", ["--log_root", str(tmp_path), "--keep_last", "2", "--eval_episodes", "0"])
+    run = Run(Fabric(accelerator="cpu", devices=1), cfg)
+    good = {"agent": {"w": torch.ones(3)}}
+    for step in (100, 200, 300):
+        run.metrics.update("Loss/value_loss", torch.tensor(1.0))
+        run.maybe_checkpoint(step, lambda: good, force=True)
+        assert not run.should_stop()
+    kept = list_checkpoints(run.checkpointer.folder)
+    assert [p.name for p in kept] == ["ckpt_200_0.ckpt", "ckpt_300_0.ckpt"]
+
+    # NaN parameters: no checkpoint is written, keep_last deletes nothing
+    bad = {"agent": {"w": torch.tensor([1.0, float("nan")])}}
+    with pytest.raises(
+        RunError, match=r"ppo diverged at step 400: agent.w is nan .*last good checkpoint is .*ckpt_300"
+    ):
+        run.maybe_checkpoint(400, lambda: bad, force=True)
+    assert list_checkpoints(run.checkpointer.folder) == kept
+
+    # a NaN loss: should_stop raises, naming the loss and the step of the last log
+    run.log(500)
+    run.metrics.update("Loss/policy_loss", torch.tensor(float("inf")))
+    with pytest.raises(RunError, match=r"diverged at step 500: Loss/policy_loss is inf"):
+        run.should_stop()
+    with pytest.raises(RunError):
+        run.maybe_checkpoint(600, lambda: good, force=True)
+    assert list_checkpoints(run.checkpointer.folder) == kept
+    run.logger.close()
+
+
+def test_nonfinite_entry_finds_nested_tensors_and_skips_the_buffer():
+    state = {"opt": {"state": {0: {"exp_avg": torch.tensor([0.0, -float("inf")])}}}, "step": 3}
+    assert nonfinite_entry(state) == "opt.state.0.exp_avg is -inf"
+    assert nonfinite_entry({"buffer": {"obs": torch.tensor([float("nan")])}, "w": torch.zeros(2)}) is None
+    assert nonfinite_entry({"steps": torch.tensor([1, 2])}) is None
+
+
+def test_divergent_ppo_exits_non_zero_with_one_line(tmp_path):
+    """``--lr 1e30 --max_grad_norm 0`` used to exit 0 with NaN parameters and NaN checkpoints."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sheeprl.py"), "ppo", *TINY, "--total_steps", "2048", "--lr", "1e30"]
+        + ["--max_grad_norm", "0", "--checkpoint.every", "128", "--keep_last", "0", "--eval_episodes", "2"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "ppo diverged at step" in lines[0] and "Loss/" in lines[0], proc.stderr
+    for ckpt in tmp_path.rglob("*.ckpt"):
+        assert nonfinite_entry(torch.load(ckpt, weights_only=False)) is None, ckpt
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "sheeprl.py"), "ppo", *args]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_training(proc: subprocess.Popen, tmp_path: Path) -> None:
+    deadline = time.time() + 180
+    while not list(tmp_path.rglob("events.out.tfevents.*")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+LONG = ["--num_envs", "4", "--rollout_steps", "2048", "--minibatch_size", "2048", "--num_threads", "1"]
+LONG += ["--total_steps", "100000000", "--checkpoint.every", "0", "--eval_episodes", "0"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
+    proc = start(tmp_path, *LONG)
+    try:
+        wait_for_training(proc, tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "terminated (SIGTERM): saving a checkpoint" in out
+    assert len(list(tmp_path.rglob("ckpt_*_0.ckpt"))) == 1
+
+
+def test_second_ctrl_c_exits_130_without_traceback(tmp_path):
+    proc = start(tmp_path, *LONG)
+    try:
+        wait_for_training(proc, tmp_path)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)  # an iteration of 8192 steps takes far longer: the run is still going
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and error_lines(err)[-1] == "sheeprl: interrupted"
+
+
+def test_ctrl_c_during_start_up_exits_130_without_traceback(tmp_path):
+    proc = start(tmp_path, *TINY)
+    try:
+        time.sleep(1.0)  # importing torch, composing the config: no run yet
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and error_lines(err) == ["sheeprl: interrupted"]
+
+
+# ------------------------------------------------------------------------------------------------ unwritable
+
+
+def test_log_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    proc = start(tmp_path, *TINY, "--total_steps", "128", "--log_root", "afile")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    (line,) = error_lines(err)
+    assert "afile" in line and "Not a directory" in line, err
+
+
+DISK_FULL = """
+import errno, sys, torch
+from sheeprl import cli
+saves = []
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    saves.append(f)
+    if len(saves) > 1:  # the first checkpoint fits, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.exit(cli.run_cli(sys.argv[1:]))
+"""
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoints(tmp_path):
+    args = [*TINY, "--total_steps", "512", "--checkpoint.every", "128", "--eval_episodes", "0"]
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, "ppo", *args],
+        cwd=tmp_path,
+        env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = error_lines(proc.stderr)
+    assert "cannot write a checkpoint to" in line and "checkpoint: No space left on device" in line, line
+    (ckpt,) = tmp_path.rglob("*.ckpt*")  # the first one, intact; no temporary file left
+    assert torch.load(ckpt, weights_only=False)["policy_step"] == 128
+
+
+# ------------------------------------------------------------------------------------------------ start-up checks
+
+
+def test_budget_rounding_and_no_learning_warn_once(capsys):
+    cli.build_config("ppo", ["--total_steps", "100"])
+    assert "algo.total_steps=100 is rounded to 512 policy steps" in capsys.readouterr().err
+    cli.build_config("td3", ["--env_id", "Pendulum-v1", "--total_steps", "15000"])
+    err = capsys.readouterr().err
+    assert "algo.total_steps=15000 ends before algo.learning_starts=25000: the run would never train" in err
+    cli.build_config("sac", ["--env_id", "Pendulum-v1", "--total_steps", "20000", "--num_envs", "3"])
+    cli.build_config("ppo", [])  # 100,000 -> 99,840: whole rollouts, no news
+    assert capsys.readouterr().err == ""
+
+
+class UnboundedBox(gym.Env):
+    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    "algo, extra, refused",
+    [("sac", [], True), ("td3", [], True), ("droq", [], True), ("ppo", ["--action_squash", "tanh"], True)]
+    + [("ppo", [], False)],
+)
+def test_infinite_action_bounds(algo, extra, refused, launched, capsys):
+    gym.register("UnboundedBoxTest-v0", entry_point=UnboundedBox, max_episode_steps=10)
+    try:
+        code = cli.main([algo, "--env_id", "UnboundedBoxTest-v0", *extra])
+    finally:
+        gym.registry.pop("UnboundedBoxTest-v0")
+    if refused:
+        assert code == 2 and not launched
+        (line,) = error_lines(capsys.readouterr().err)
+        assert f"{algo} needs finite action bounds" in line and "[-inf, inf]" in line
+    else:
+        assert code == 0 and len(launched) == 1
+
+
+def test_decoupled_refuses_mixed_precision(launched, capsys):
+    code = cli.main(["ppo_decoupled", "--devices", "2", "--precision", "16-mixed"])
+    assert code == 2 and not launched
+    assert "ppo_decoupled trains in full precision only: --precision 16-mixed" in capsys.readouterr().err
+    assert cli.main(["ppo_decoupled", "--devices", "2", "--precision", "32-true"]) == 0 and launched
+
+
+FABRIC_RUN_3 = {"LT_CLI_USED": "1", "LT_DEVICES": "3", "LT_NUM_NODES": "1", "LT_ACCELERATOR": "cpu"}
+
+
+@pytest.mark.parametrize("algo", ["sac", "sac_decoupled", "td3", "droq"])
+def test_batch_split_uses_the_world_size_of_fabric_run(algo, launched, monkeypatch, capsys):
+    """Under ``fabric run --devices 3``: 256 transitions do not split over 3 coupled ranks or 2 trainers... or do."""
+    for key, value in FABRIC_RUN_3.items():
+        monkeypatch.setenv(key, value)
+    batch = "256" if algo != "sac_decoupled" else "255"  # 255 % 2 trainers != 0
+    assert cli.main([algo, "--env_id", "Pendulum-v1", "--batch_size", batch]) == 2 and not launched
+    assert "must be divisible by the" in capsys.readouterr().err
+
+
+def test_fabric_run_ddp_gets_the_run_timeout(monkeypatch):
+    """`fabric run` processes build Fabric themselves: the strategy must still carry fabric.timeout_s."""
+    import lightning.fabric
+
+    for key, value in {**FABRIC_RUN_3, "LT_STRATEGY": "ddp"}.items():
+        monkeypatch.setenv(key, value)
+    made = []
+    monkeypatch.setattr(lightning.fabric, "Fabric", lambda **kw: made.append(kw) or "fabric")
+    spec, cfg = cli.build_config("ppo", ["--timeout_s", "17"])
+    monkeypatch.setattr(type(spec), "load_entry", lambda self: lambda fabric, cfg: fabric)
+    assert cli.launch(spec, cfg) == "fabric"
+    assert made[0]["strategy"]._timeout == timedelta(seconds=17)
+    assert os.environ["LT_STRATEGY"] == "ddp"  # restored for anything that reads it later
