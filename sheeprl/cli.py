@@ -598,8 +598,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by 
 
 def _run(spec: Any, cfg: Any) -> int:
     """Launch; a failure during the run ends with one line and a non-zero exit code, not a traceback."""
-    import torch.distributed as dist
-
     from sheeprl.utils.run import RunError
 
     try:
@@ -613,12 +611,23 @@ def _run(spec: Any, cfg: Any) -> int:
     except OSError as err:
         print(f"sheeprl: error: {_os_error_line(err)}", file=sys.stderr)
         return EXIT_FAILED
-    except dist.DistError as err:
+    except RuntimeError as err:
+        if not _is_collective_failure(err):
+            raise  # a bug keeps its traceback
         # A dead or frozen rank: the collective it left fails here (after fabric.timeout_s at worst).
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"sheeprl: error: another process of the run died or hung ({first})", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _is_collective_failure(err: RuntimeError) -> bool:
+    """torch.distributed's own errors, or the plain RuntimeError DDP's reducer raises for a gloo/NCCL failure."""
+    import torch.distributed as dist
+
+    text = str(err)
+    markers = ("gloo", "NCCL", "nccl", "Timed out", "Connection closed by peer", "Connection reset by peer")
+    return isinstance(err, dist.DistError) or any(m in text for m in markers)
 
 
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:

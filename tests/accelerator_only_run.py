@@ -29,8 +29,16 @@ def drive_run(fabric, cfg):  # noqa: ANN001, ANN201
     """Every host-side collective of a coupled run, in a loop's order."""
     import torch
 
+    from sheeprl.utils import evaluation
     from sheeprl.utils.run import Run
 
+    play = evaluation.run_episodes
+
+    def run_episodes(cfg, act, episodes, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        print(f"rank {fabric.global_rank} plays {episodes} episodes", flush=True)
+        return play(cfg, act, episodes, **kwargs)
+
+    evaluation.run_episodes = run_episodes
     run = Run(fabric, cfg)
     assert dist.get_backend_config() == f"cuda:{BACKEND}"
     for step in (128, 256):

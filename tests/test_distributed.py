@@ -363,3 +363,81 @@ def test_coupled_ppo_two_processes_solves_cartpole(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ((step, value),) = scalars(one_run(tmp_path))["Test/rew_avg"]
     assert step >= 99_000 and value >= 475.0, proc.stdout[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ accelerator-only groups
+
+
+def accelerator_only(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``tests/accelerator_only_run.py``: the run's default group refuses CPU tensors, as NCCL's does."""
+    cmd = [sys.executable, str(ROOT / "tests" / "accelerator_only_run.py"), *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def test_run_collectives_work_on_an_accelerator_only_group(tmp_path):
+    """Stop flags, metrics, the run folder, per-rank checkpoint state and evaluation of a coupled run."""
+    proc = accelerator_only(tmp_path, "run", "--num_threads", "1", "--eval_episodes", "3", "--log_root", "logs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = one_run(tmp_path)
+    ckpt = torch.load(run / "checkpoint" / "ckpt_256_0.ckpt", weights_only=False)
+    assert len(ckpt["ranks"]) == 2
+    assert scalars(run)["Info/only_on_rank_1"] == [(128, 1.0), (256, 1.0)]
+    assert [v for _, v in scalars(run)["Loss/policy_loss"]] == [0.5, 0.5]  # mean of rank 0's 0 and rank 1's 1
+    # the evaluation's 3 episodes are split over the 2 ranks, and gathered
+    assert "rank 0 plays 2 episodes" in proc.stdout and "rank 1 plays 1 episodes" in proc.stdout
+    assert "evaluation at step 256: " in proc.stdout and "over 3 episodes" in proc.stdout
+
+
+def test_decoupled_collectives_work_on_an_accelerator_only_group(tmp_path):
+    proc = accelerator_only(
+        tmp_path,
+        "ppo_decoupled",
+        *FAST,
+        "--devices",
+        "2",
+        "--total_steps",
+        "256",
+        "--eval_every",
+        "128",
+        "--checkpoint.every",
+        "128",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=acceleratoronly" in proc.stderr  # the simulation was in force
+    run = one_run(tmp_path)
+    assert [s for s, _ in scalars(run)["Loss/policy_loss"]] == [128, 256]
+    assert [s for s, _ in scalars(run)["Test/rew_avg"]] == [128, 256]
+    assert len(torch.load(run / "checkpoint" / "ckpt_256_0.ckpt", weights_only=False)["ranks"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+def test_a_frozen_rank_is_not_left_behind(tmp_path):
+    """SIGSTOP one rank: the other times out after fabric.timeout_s , says so in one line, and nothing remains.
+
+    (fabric.timeout_s also bounds the start-up rendezvous: 30 s leaves room for a busy machine.)
+    """
+    cmd = [sys.executable, str(ROOT / "sheeprl.py"), "ppo", *FAST, "--devices", "2", "--timeout_s", "30"]
+    cmd += ["--total_steps", "100000000", "--checkpoint.every", "0", "--save_last", "false"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not list((tmp_path / "logs").rglob("events.out.tfevents.*")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        time.sleep(2.0)  # training is under way
+        (child,) = [pid for pid in descendants(proc.pid) if rank_of(pid) == 1]
+        os.kill(child, signal.SIGSTOP)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err[-3000:]
+        assert err.strip().splitlines()[-1].startswith("sheeprl: error: another process of the run died or hung")
+        assert "Traceback" not in err
+        assert not Path(f"/proc/{child}").exists()  # killed and reaped, not left stopped
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # any straggler of this run's session
+        except ProcessLookupError:
+            pass
