@@ -151,13 +151,21 @@ def _suggest_flags(flag: str, fields: Sequence[SchemaField]) -> str:
     return " (did you mean " + " or ".join(f"'{_preferred_flag(k, fields)}'" for k in keys) + "?)"
 
 
+# Leaves too generic to stand alone in help and hints: shown as ``group_leaf`` (--env_id, --algo_name, --buffer_size).
+_GENERIC_LEAVES = frozenset({"id", "name", "size", "every", "kwargs"})
+
+
 def _preferred_flag(key: str, fields: Sequence[SchemaField]) -> str:
-    """``--leaf`` when the leaf alone resolves to ``key``, else the dotted key."""
-    leaf = key.split(".")[-1]
-    try:
-        return "--" + leaf if resolve_flag(leaf, fields).key == key else "--" + key
-    except UsageError:
-        return "--" + key
+    """``--group_leaf`` for a generic leaf, else ``--leaf``, when that spelling resolves to ``key``; else the dotted key."""
+    parts = key.split(".")
+    spellings = [f"{parts[0]}_{parts[-1]}"] if len(parts) > 1 and parts[-1] in _GENERIC_LEAVES else []
+    for spelling in [*spellings, parts[-1]]:
+        try:
+            if resolve_flag(spelling, fields).key == key:
+                return "--" + spelling
+        except UsageError:
+            continue
+    return "--" + key
 
 
 def _did_you_mean(word: str, choices: Sequence[str], prefix: str = "--") -> str:
@@ -380,6 +388,55 @@ def _is_under_fabric_run() -> bool:
     return bool(int(os.environ.get("LT_CLI_USED", "0")))
 
 
+def _check_resume(cfg: Any) -> None:
+    """``--resume_from`` must name a readable sheeprl checkpoint of this algorithm and of envs with the same
+    spaces: checked here, before the launch writes anything (a run folder, a config_resume_*.yaml, events)."""
+    path = cfg.checkpoint.resume_from
+    if not path:
+        return
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from sheeprl.envs import EnvError, make_vector_env
+    from sheeprl.utils.checkpoint import load_checkpoint, space_signature
+
+    try:
+        state = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+    meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+    saved_cfg = Path(path).resolve().parent.parent / "config.yaml"  # checkpoints older than "meta": their run's config
+    saved = OmegaConf.load(saved_cfg) if not meta and saved_cfg.is_file() else None
+    algo = meta.get("algo") or (saved.get("algo", {}).get("name") if saved is not None else None)
+    if algo is not None and str(algo) != cfg.algo.name:
+        raise UsageError(f"{path} is a checkpoint of '{algo}', not of '{cfg.algo.name}'")
+    env_id = meta.get("env_id") or (saved.get("env", {}).get("id") if saved is not None else None)
+
+    def signatures(env_id: str) -> tuple[str, str]:
+        probe = copy.deepcopy(cfg)
+        probe.env.id, probe.env.sync_env = env_id, True
+        try:
+            envs = make_vector_env(probe, seed=int(cfg.seed), num_envs=1, capture_video=False)
+        except EnvError as err:
+            raise UsageError(f"cannot rebuild the env of {path}: {err}") from None
+        try:
+            return space_signature(envs.single_observation_space), space_signature(envs.single_action_space)
+        finally:
+            envs.close()
+
+    if "observation_space" in meta:
+        expected = (meta["observation_space"], meta["action_space"])
+    elif env_id is not None and str(env_id) != cfg.env.id:
+        expected = signatures(str(env_id))
+    else:
+        return
+    obs_sig, act_sig = signatures(cfg.env.id)
+    for what, have, want in (("observation", obs_sig, expected[0]), ("action", act_sig, expected[1])):
+        if have != want:
+            raise UsageError(f"{path} was trained on {env_id} with {what} space {want}; {cfg.env.id} here has {have}")
+
+
 def _world_size(cfg: Any) -> int:
     from sheeprl.config import world_size
 
@@ -416,6 +473,7 @@ def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
             f"{spec.name} is decoupled: it needs at least 2 processes (a player and a trainer); use --devices 2 or more"
         )
     _check_env(spec, cfg)
+    _check_resume(cfg)
     return spec, cfg
 
 

@@ -21,6 +21,9 @@ def steps(start: int, count: int, n_envs: int = N_ENVS) -> dict[str, torch.Tenso
         "state": torch.stack((code, -code), dim=-1).float(),  # (T, n_envs, 2)
         "actions": code.unsqueeze(-1),  # (T, n_envs, 1) int64
         "dones": (code % 2 == 0).unsqueeze(-1),  # (T, n_envs, 1) bool
+        # No episode ends here (sample_next_obs needs the flags; test_sample_next_obs_respects_episode_ends sets them).
+        "terminated": torch.zeros(count, n_envs),
+        "truncated": torch.zeros(count, n_envs, dtype=torch.bool),
     }
 
 
@@ -204,6 +207,30 @@ def test_sample_next_obs_matches_successor(total):
     assert seen == {(t, e) for t in range(oldest, newest) for e in range(N_ENVS)}
 
 
+def test_sample_next_obs_respects_episode_ends():
+    """The step before an autoreset is never paired with the next episode's first observation."""
+    rb = ReplayBuffer(6, 2)
+    for t in range(9):  # env 0: truncated at steps 2 and 6; env 1: terminated at steps 3 and 7
+        data = steps(t, 1, n_envs=2)
+        data["truncated"][0, 0] = t in (2, 6)
+        data["terminated"][0, 1] = float(t in (3, 7))
+        rb.add(data)
+    td = rb.sample(4000, sample_next_obs=True, generator=torch.Generator().manual_seed(0))
+    c = codes(td)
+    step, env = c // 100, c % 100
+    assert not ((env == 0) & (step == 6)).any()  # truncated: its real successor is not stored
+    assert ((env == 0) & (step == 5)).any() and ((env == 1) & (step == 7)).any()  # everything else is drawn
+    terminated = (env == 1) & ((step == 3) | (step == 7))
+    assert torch.equal(td["next_state"][terminated], td["state"][terminated])  # not step 8's first observation
+    rest = ~terminated
+    assert torch.equal(td["next_state"][rest][:, 0], ((step[rest] + 1) * 100 + env[rest]).float())
+    # Flags are required: without them episode ends cannot be respected.
+    bare = ReplayBuffer(4, 1)
+    bare.add({"state": torch.zeros(3, 1, 2)})
+    with pytest.raises(ValueError, match="terminated"):
+        bare.sample(2, sample_next_obs=True)
+
+
 def test_sample_covers_all_stored_transitions_uniformly():
     rb = ReplayBuffer(5, 2)
     fill(rb, 8)  # stored steps 3..7
@@ -231,7 +258,7 @@ def test_memmap_writes_files_and_matches_ram(tmp_path):
     for rb in (ram, mm):
         fill(rb, 9)
     files = sorted(p.name for p in (tmp_path / "buf").iterdir())
-    assert files == ["actions.memmap", "dones.memmap", "state.memmap"]
+    assert files == ["actions.memmap", "dones.memmap", "state.memmap", "terminated.memmap", "truncated.memmap"]
     assert (tmp_path / "buf" / "state.memmap").stat().st_size == 6 * N_ENVS * 2 * 4
     assert (ram.to_tensordict() == mm.to_tensordict()).all()
     for next_obs in (False, True):

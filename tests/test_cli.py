@@ -87,6 +87,18 @@ def test_algorithm_help_lists_every_argument(capsys):
     assert len([line for line in out.splitlines() if line.startswith("  ")]) == len(FIELDS) + 1
 
 
+def test_help_shows_the_spellings_the_guides_use(capsys):
+    """Generic leaves are shown with their group (--env_id, not --id); every shown flag resolves back to its key."""
+    assert main(["ppo", "-h"]) == 0
+    rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["env.id"] == "--env_id" and rows["run_name"] == "--run_name" and rows["algo.name"] == "--algo_name"
+    assert rows["buffer.size"] == "--buffer_size" and rows["checkpoint.every"] == "--checkpoint_every"
+    assert rows["env.num_envs"] == "--num_envs" and rows["algo.total_steps"] == "--total_steps"
+    for key, flag in rows.items():
+        if key != "key":
+            assert resolve_flag(flag[2:], FIELDS).key == key, (key, flag)
+
+
 BAD_INPUTS = [
     (["ppp"], "unknown algorithm 'ppp' (did you mean 'ppo'?)"),
     (["ppo", "--num_env", "8"], "did you mean '--num_envs'"),

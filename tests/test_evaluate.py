@@ -44,9 +44,33 @@ def test_eval_round_trip_writes_json_beside_the_checkpoint(trained, capsys):
     assert res["algo"] == "ppo" and res["policy_step"] == 384 and not res["stochastic"]
     assert res["episodes"] == 5 and len(res["returns"]) == 5 and len(res["lengths"]) == 5
     assert set(res["return"]) == {"mean", "std", "median", "iqm", "min", "max"}
-    assert res["return"]["min"] <= res["return"]["iqm"] <= res["return"]["max"]
+    # The summary is the summary of these very returns, computed independently here.
+    r = sorted(res["returns"])
+    expected = {"mean": sum(r) / 5, "median": r[2], "iqm": sum(r[1:4]) / 3, "min": r[0], "max": r[-1]}
+    for key, value in expected.items():
+        assert res["return"][key] == pytest.approx(value), key
+    assert res["return"]["std"] == pytest.approx(float(torch.tensor(r, dtype=torch.float64).std(correction=0)))
     # CartPole pays 1 per step: the raw (unnormalized) return equals the episode length.
     assert res["returns"] == res["lengths"]
+
+
+@pytest.mark.parametrize(
+    "values, iqm",
+    [
+        ([1, 2, 3, 4, 100], 3.0),
+        ([10, 0, 1, 2, 3, 4, 5, 6], 3.5),
+        ([7], 7.0),
+        ([1, 3], 2.0),
+        ([0, 1, 2, 3, 1000, -1000], 1.5),
+    ],
+)
+def test_summarize_interquartile_mean_by_hand(values, iqm):
+    """IQM: the mean of the middle half (rliable's trimmed mean at 25%), insensitive to the outliers."""
+    from sheeprl.utils.evaluation import summarize
+
+    out = summarize(values)
+    assert out["iqm"] == pytest.approx(iqm)
+    assert out["min"] == min(values) and out["max"] == max(values)
 
 
 def test_eval_of_a_run_folder_uses_its_newest_checkpoint_and_is_reproducible(trained, tmp_path, capsys):

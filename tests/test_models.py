@@ -86,10 +86,22 @@ def test_mlp_dropout_layernorm_order():
     assert types == block + block + [nn.Linear]
     plain = MLP(4, 1, [8], activation="relu")
     assert [type(m) for m in plain] == [nn.Linear, nn.ReLU, nn.Linear]
-    # Dropout acts in training mode only.
-    x = torch.randn(64, 4)
+    # Dropout acts in training mode only: there it zeroes about p of the hidden units and rescales the rest.
+    x = torch.randn(256, 4)
+    mlp.train()
+    torch.manual_seed(0)
+    a, b = mlp(x), mlp(x)
+    assert not torch.allclose(a, b)
+    first = mlp[1]
+    h = mlp[0](x)
+    dropped = first(h)
+    zero_frac = (dropped == 0).float().mean().item()
+    assert 0.05 < zero_frac < 0.15
+    kept = dropped != 0
+    assert torch.allclose(dropped[kept], h[kept] / 0.9)
     mlp.eval()
     assert torch.equal(mlp(x), mlp(x))
+    assert torch.equal(mlp[1](h), h)
 
 
 def test_mlp_ortho_init_gains():

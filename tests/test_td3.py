@@ -38,8 +38,11 @@ def test_smoke_writes_logs_and_checkpoint(cli, tmp_path, algo, critics):
     state = torch.load(ckpt, weights_only=False)
     assert state["critic"]["weights.0"].shape[0] == critics
     assert state["buffer"]["pos"] == 150 and "target_actor" in state
-    # TD3 delays the actor: one actor step per two critic steps; DDPG updates both every step
+    # 200 critic steps for both; TD3 delays the actor (one actor step per two critic steps), DDPG does not.
     assert state["gradient_steps"] == 200
+    critic_steps = {int(s["step"]) for s in state["critic_optimizer"]["state"].values()}
+    actor_steps = {int(s["step"]) for s in state["actor_optimizer"]["state"].values()}
+    assert critic_steps == {200} and actor_steps == ({100} if algo == "td3" else {200})
 
 
 def test_td3_rejects_bad_input(cli, tmp_path):

@@ -259,7 +259,11 @@ class ReplayBuffer:
 
         Returns a TensorDict of shape ``(n_samples, batch_size)``. With ``sample_next_obs`` it also holds
         ``next_<k>`` for every ``k`` in ``obs_keys``: the same env's value at the following step; the newest step
-        of each env, whose successor is not stored yet, is then never sampled.
+        of each env, whose successor is not stored yet, is then never sampled. Episode ends are respected, so the
+        buffer must hold ``terminated`` and ``truncated`` flags: with SAME_STEP autoreset the row after an
+        episode's last step holds the next episode's first observation, so a truncated step (whose real final
+        observation is not stored) is never sampled, and a terminated step gets its own observation as
+        ``next_<k>``, a placeholder that a bootstrapped target multiplies by ``1 - terminated``.
         """
         if batch_size <= 0 or n_samples <= 0:
             raise ValueError(f"batch_size and n_samples must be positive, got {batch_size} and {n_samples}")
@@ -270,23 +274,44 @@ class ReplayBuffer:
             missing = [k for k in self.obs_keys if k not in self._storage]
             if missing:
                 raise ValueError(f"sample_next_obs: obs_keys {missing} are not in the buffer (keys: {self.keys()})")
+            flags = [k for k in ("terminated", "truncated") if k not in self._storage]
+            if flags:
+                raise ValueError(f"sample_next_obs needs {flags} flags in the buffer to respect episode ends")
             length -= 1
             if length == 0:
                 raise ValueError("sample_next_obs needs at least 2 stored steps (the newest has no successor yet)")
         # One draw over (time, env) pairs: in the flat (buffer_size * n_envs) view, row time * n_envs + env is
         # chronological offset r = (time - oldest) * n_envs + env, so a single randint + one gather per key suffice.
         rows = self.buffer_size * self.n_envs
-        flat_idx = self._randint(length * self.n_envs, (n_samples * batch_size,), generator)
-        if self.full and self.pos:
-            flat_idx = flat_idx.add_(self.pos * self.n_envs).remainder_(rows)
+
+        def draw(count: int) -> torch.Tensor:
+            idx = self._randint(length * self.n_envs, (count,), generator)
+            return idx.add_(self.pos * self.n_envs).remainder_(rows) if self.full and self.pos else idx
+
+        flat_idx = draw(n_samples * batch_size)
+        if sample_next_obs:
+            for _ in range(1000):  # truncations are rare: a few redraws at most
+                cut = self._flag(self._flat["truncated"], flat_idx)
+                if not cut.any():
+                    break
+                flat_idx[cut] = draw(int(cut.sum()))
+            else:
+                raise ValueError("sample_next_obs: (almost) every stored step is truncated; nothing to sample")
         shape = (n_samples, batch_size)
         out = self._gather(flat_idx, shape, list(self._storage))
         if sample_next_obs:
             # The successor is the same env one time step later: n_envs rows further on, modulo the ring.
             next_idx = (flat_idx + self.n_envs).remainder_(rows)
+            ended = self._flag(self._flat["terminated"], flat_idx).view(shape)
             for key, value in self._gather(next_idx, shape, self.obs_keys).items():
-                out[f"next_{key}"] = value
+                mask = ended.view(*shape, *([1] * (value.ndim - 2)))
+                out[f"next_{key}"] = torch.where(mask, out[key], value)
         return TensorDict(out, batch_size=shape, device=self.device)
+
+    @staticmethod
+    def _flag(src: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
+        """A per-row boolean from a stored flag of any dtype and trailing shape."""
+        return src.index_select(0, flat_idx).reshape(flat_idx.numel(), -1).ne(0).any(-1)
 
     def to_tensordict(self) -> TensorDict:
         """A copy of the stored steps in chronological order, shape ``(len(self), n_envs)``.

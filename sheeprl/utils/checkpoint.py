@@ -41,16 +41,49 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_TMP_RE = re.compile(r"^\.ckpt_\d+_\d+\.ckpt\.tmp\d*$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary file in the same folder, fsync, then rename: a crash (even a power cut) never
+    leaves half a checkpoint under the final name."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete ``.ckpt_*.tmp*`` files a killed writer left behind (only one process writes checkpoints)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TMP_RE.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -65,6 +98,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "policy_step" not in state:
         raise ValueError(f"{path} is not a sheeprl checkpoint")
     return state
+
+
+def space_signature(space: Any) -> str:
+    """Shapes, dtypes and sizes of a Gymnasium space, without bounds (normalization changes them): two runs whose
+    signatures differ cannot share weights. A plain Box observation counts as ``{"state": Box}`` (what the
+    vector env factory makes of it)."""
+    import gymnasium as gym
+
+    def one(sp: Any) -> str:
+        if isinstance(sp, gym.spaces.Discrete):
+            return f"Discrete({int(sp.n)})"
+        if isinstance(sp, gym.spaces.MultiDiscrete):
+            return f"MultiDiscrete({[int(n) for n in np.asarray(sp.nvec).ravel()]})"
+        if isinstance(sp, gym.spaces.Dict):
+            return "Dict(" + ", ".join(f"{k}: {one(v)}" for k, v in sorted(sp.spaces.items())) + ")"
+        shape = getattr(sp, "shape", None)
+        return f"{type(sp).__name__}({tuple(shape) if shape is not None else ''}, {getattr(sp, 'dtype', '')})"
+
+    return one(space)
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -92,7 +144,10 @@ class Checkpointer:
         self._next = every if every > 0 else None
 
     def start_from(self, policy_step: int) -> None:
-        """After a resume: the next checkpoint is due at the first multiple of ``every`` past ``policy_step``."""
+        """At start: drop temp files of a killed writer; after a resume, the next checkpoint is due at the first
+        multiple of ``every`` past ``policy_step``."""
+        if self.is_writer:
+            remove_stale_temp_files(self.folder)
         if self.every > 0:
             self._next = (policy_step // self.every + 1) * self.every
 
@@ -112,4 +167,5 @@ class Checkpointer:
         if self.keep_last > 0:
             for old in list_checkpoints(self.folder)[: -self.keep_last]:
                 old.unlink(missing_ok=True)
+        remove_stale_temp_files(self.folder)
         return path

@@ -6,7 +6,8 @@ logger, the metric aggregator, the checkpointer, the console progress and Ctrl-C
 
     run = Run(fabric, cfg)
     ...                                         # build envs, agent, optimizer
-    if run.state: load models/optimizers from run.state; run.restore_rank_state(envs)
+    if run.state: load models/optimizers from run.state
+    obs = run.reset_envs(envs, env_seed)        # restores RNG and normalization statistics first on a resume
     while policy_step < total:
         ...                                     # act, step, record: run.record_episodes(infos)
         run.log(policy_step)                    # at metric.log_every
@@ -60,6 +61,11 @@ def nonfinite_entry(state: Any, prefix: str = "") -> Optional[str]:
         if found:
             return found
     return None
+
+
+def resumed_env_seed(env_seed: int, policy_step: int) -> int:
+    """The env seed of a run resumed at ``policy_step``: deterministic, distinct per step and per original seed."""
+    return int(np.random.SeedSequence([int(env_seed) % 2**32, int(policy_step)]).generate_state(1)[0]) % 2**31
 
 
 def threads_per_process(cfg: Any, world_size: int, num_nodes: int) -> int:
@@ -208,6 +214,16 @@ class Run:
 
         return {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
 
+    def reset_envs(self, envs: Any, env_seed: int) -> dict[str, Any]:
+        """First observations of a run: after a resume this rank's RNG and normalization statistics come back
+        first (so the first observation is normalized with them), and the envs are reseeded with a seed derived
+        from ``env_seed`` and the resume step, so that a resumed run does not replay the run's first episodes."""
+        self.restore_rank_state(envs)
+        seed = resumed_env_seed(env_seed, self.start_step) if self.state else env_seed
+        envs.action_space.seed(seed)
+        obs, _ = envs.reset(seed=seed)
+        return obs
+
     def restore_rank_state(self, envs: Any = None) -> None:
         """After a resume: this rank's RNG streams and env normalization statistics come back."""
         if not self.state:
@@ -222,12 +238,22 @@ class Run:
         elif self.is_logger:
             self.progress.print(f"warning: the checkpoint has no state for rank {self.rank}; using fresh seeds")
 
+    def checkpoint_meta(self, envs: Any = None) -> dict[str, Any]:
+        """What a resume checks before anything is written: the algorithm, the env and its spaces."""
+        from sheeprl.utils.checkpoint import space_signature
+
+        meta = {"algo": str(self.cfg.algo.name), "env_id": str(self.cfg.env.id)}
+        if envs is not None:
+            meta["observation_space"] = space_signature(envs.single_observation_space)
+            meta["action_space"] = space_signature(envs.single_action_space)
+        return meta
+
     def maybe_checkpoint(
         self, policy_step: int, state_fn: Callable[[], dict[str, Any]], envs: Any = None, force: bool = False
     ) -> None:
         """Collective when due: every rank must call it with the same ``policy_step``."""
         if force or self.checkpointer.due(policy_step):
-            state = state_fn() if self.is_logger else {}
+            state = {**state_fn(), "meta": self.checkpoint_meta(envs)} if self.is_logger else {}
             # Never a NaN checkpoint: keep_last would then delete the good ones.
             self._check_finite(policy_step, nonfinite_entry(state))
             try:

@@ -152,8 +152,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
     high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     obs_t = flat_obs(obs_to_torch(obs), keys)
     policy_step = run.start_step
     critic_steps = 0

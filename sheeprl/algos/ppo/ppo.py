@@ -13,6 +13,7 @@ Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,6 +72,18 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: 
             break
 
 
+def lr_schedule(cfg: Any, num_iters: int) -> Callable[[int], float]:
+    """Fraction of the initial learning rate before iteration ``it + 1``: linear to 0 over the run, or constant."""
+    return lambda it: max(0.0, 1.0 - it / num_iters) if cfg.algo.anneal_lr else 1.0
+
+
+def restore_lr(optimizer: Any, scheduler: Any, schedule: Callable[[int], float]) -> None:
+    """After loading optimizer and scheduler states: the learning rate of the next iteration follows this run's
+    schedule (a resume with a larger total_steps would otherwise start from the old run's final, annealed rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * schedule(scheduler.last_epoch)
+
+
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
     a = cfg.algo
@@ -92,13 +105,12 @@ def main(fabric: Fabric, cfg: Any) -> None:
     )
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, num_iters))
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])
         scheduler.load_state_dict(run.state["scheduler"])
+        restore_lr(optimizer, scheduler, lr_schedule(cfg, num_iters))
     agent_ddp, optimizer = fabric.setup(agent, optimizer)
     player = agent  # the raw module: rollouts need no DDP hooks
     player.to(fabric.device)
@@ -110,8 +122,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     def state_fn() -> dict[str, Any]:
         return {"agent": player.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     next_obs = obs_to_torch(obs, fabric.device)
     gamma = a.gamma
     for _iteration in range(start_iter, num_iters + 1):
@@ -156,7 +167,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             )
             data["advantages"], data["returns"] = advantages, returns
             train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run)
-            run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 
         run.log(policy_step)

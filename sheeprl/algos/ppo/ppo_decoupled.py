@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sheeprl.algos.ppo.agent import PPOAgent, build_agent
-from sheeprl.algos.ppo.ppo import train
+from sheeprl.algos.ppo.ppo import lr_schedule, restore_lr, train
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
@@ -55,8 +55,7 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     rb = ReplayBuffer(a.rollout_steps, num_envs, obs_keys=obs_keys, device="cpu")
     steps_per_iter = a.rollout_steps * num_envs
     policy_step = run.start_step
-    obs, _ = envs.reset(seed=cfg.seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, cfg.seed)
     next_obs = obs_to_torch(obs, fabric.device)
     for _ in range(policy_step // steps_per_iter + 1, num_iterations(cfg) + 1):
         # ---- collect a rollout with the current policy (as in ppo.py)
@@ -135,13 +134,12 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
         betas=tuple(a.optimizer.betas),
         weight_decay=a.optimizer.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iterations(cfg)) if a.anneal_lr else 1.0
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, num_iterations(cfg)))
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])
         scheduler.load_state_dict(run.state["scheduler"])
+        restore_lr(optimizer, scheduler, lr_schedule(cfg, num_iterations(cfg)))
     model = comm.wrap_ddp(agent)  # DDP copies trainer 1's weights to the other trainers
     comm.sync_weights(agent)
 
@@ -156,7 +154,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
         data = comm.recv_batch()
         with run.timer("train"):
             train(fabric, model, optimizer, data, cfg, run, group=comm.trainer_group)
-            run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
         comm.sync_weights(agent)
         if comm.is_first_trainer:

@@ -89,8 +89,7 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
 
     low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
     high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
-    obs, _ = envs.reset(seed=cfg.seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, cfg.seed)
     obs_t = flat_obs(obs_to_torch(obs), keys)
     policy_step = run.start_step
     while policy_step < a.total_steps:

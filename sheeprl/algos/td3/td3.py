@@ -148,8 +148,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
     high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     exploration_std = a.exploration_noise * (high - low) / 2.0
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     obs_t = flat_obs(obs_to_torch(obs), keys)
     policy_step = run.start_step
     while policy_step < a.total_steps:
