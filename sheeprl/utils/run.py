@@ -380,6 +380,9 @@ class Run:
     ) -> None:
         """Final log, final checkpoint, greedy evaluation (skipped when interrupted) and cleanup."""
         self.log(policy_step, force=True)
+        # Every rank must agree on "interrupted" (a signal may have come after the loop's last check): the
+        # checkpoint and the evaluation below are collectives. This also checks for divergence one last time.
+        self.should_stop()
         if self.cfg.checkpoint.save_last or self._interrupted:
             self.maybe_checkpoint(policy_step, state_fn, envs, force=True)
         # An eval_every evaluation may have just run at this very step: one point per step on the curve.
