@@ -179,6 +179,9 @@ def build_atari(
     kwargs.setdefault("repeat_action_probability", float(settings.repeat_action_probability))
     frame_skip = int(settings.frame_skip)
     kwargs.setdefault("frameskip", 1)
+    # The emulator returns a screen on every frame: grayscale is a third of RGB's copy (AtariPreprocessing reads
+    # the screens it pools from the ALE itself).
+    kwargs.setdefault("obs_type", "grayscale" if settings.grayscale else "rgb")
     if kwargs["frameskip"] != 1:
         raise EnvError("Atari preprocessing skips frames itself: set env.frame_skip instead of env.kwargs.frameskip")
     if render_mode is not None:
@@ -191,6 +194,12 @@ def build_atari(
         raise EnvError(f"cannot make '{env_id}': {str(err).strip().splitlines()[0]}") from err
 
     def preprocess(env: gym.Env) -> gym.Env:
+        try:
+            import cv2  # AtariPreprocessing resizes with OpenCV
+        except ImportError as err:
+            raise EnvError("Atari preprocessing needs OpenCV: pip install 'sheeprl[atari]'") from err
+        # One small resize per step: OpenCV's thread pool only competes with the other envs and torch for cores.
+        cv2.setNumThreads(1)
         env = gym.wrappers.AtariPreprocessing(
             env,
             noop_max=int(settings.noop_max),
