@@ -142,10 +142,11 @@ class FrameReplayBuffer:
         self._rows: dict[str, torch.Tensor] = {}  # other keys -> (buffer_size, n_envs, *)
         self._obs_ids: torch.Tensor | None = None  # (buffer_size, n_envs, stack) frame ids of each observation
         self._next_id: torch.Tensor | None = None  # (buffer_size, n_envs) id of the next observation's newest frame
-        self._row_min = torch.zeros(buffer_size, dtype=torch.int64)  # smallest frame id a time row refers to
+        # Per-step bookkeeping in numpy: small numpy ops cost ~1 us, small torch ops several.
+        self._row_min = np.zeros(buffer_size, dtype=np.int64)  # smallest frame id a time row refers to
         # The frame ids of every env's current stack (valid where _cur_ok): the next add's observation.
-        self._cur = torch.zeros(n_envs, stack, dtype=torch.int64)
-        self._cur_ok = torch.zeros(n_envs, dtype=torch.bool)
+        self._cur = np.zeros((n_envs, stack), dtype=np.int64)
+        self._cur_ok = np.zeros(n_envs, dtype=np.bool_)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -164,9 +165,9 @@ class FrameReplayBuffer:
 
     def nbytes(self) -> int:
         """Bytes of storage allocated (frames, frame ids and the other keys)."""
-        tensors = [*self._frames.values(), *self._rows.values(), self._row_min]
+        tensors = [*self._frames.values(), *self._rows.values()]
         tensors += [t for t in (self._obs_ids, self._next_id) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + self._row_min.nbytes
 
     def __repr__(self) -> str:
         return (
@@ -236,20 +237,25 @@ class FrameReplayBuffer:
         return int(steps or 0)
 
     # ------------------------------------------------------------------ writing
-    def _write_frames(self, frames: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _write_frames(self, frames: Mapping[str, torch.Tensor]) -> np.ndarray:
         """Append one frame per entry (``key -> (N, C, H, W)``); return their ids."""
         n = next(iter(frames.values())).shape[0]
-        ids = torch.arange(self.frames_written, self.frames_written + n, dtype=torch.int64)
-        slots = (ids % self.frame_capacity).to(self.device)
+        first = self.frames_written
+        start = first % self.frame_capacity
+        wraps = start + n > self.frame_capacity
+        slots = torch.arange(first, first + n, device=self.device) % self.frame_capacity if wraps else None
         for key, value in frames.items():
-            value = value.to(self.device)
             if self._frame_dtype[key] == torch.bool:
-                value = pack_bits(value.to(torch.bool))
-            self._frames[key][slots] = value.to(self._frames[key].dtype)
+                value = pack_bits(value.to(self.device, torch.bool))
+            dst = self._frames[key]
+            if wraps:
+                dst[slots] = value.to(dst.device, dst.dtype)
+            else:  # a slice copy: the common case, cheaper than an indexed write
+                dst[start : start + n] = value
         self.frames_written += n
-        return ids
+        return np.arange(first, first + n, dtype=np.int64)
 
-    def _start_stacks(self, obs: Mapping[str, torch.Tensor], envs: torch.Tensor) -> None:
+    def _start_stacks(self, obs: Mapping[str, torch.Tensor], envs: np.ndarray) -> None:
         """Write the frames of the observations of ``envs`` (first steps of episodes) and set their stacks.
 
         A frame equal (in every key) to its newer neighbour in the stack reuses that one's id, so
@@ -265,7 +271,7 @@ class FrameReplayBuffer:
                 else:
                     ids[j] = int(self._write_frames({k: v[None] for k, v in frame.items()})[0])
                 newer = frame
-            self._cur[env] = torch.tensor(ids, dtype=torch.int64)
+            self._cur[env] = ids
         self._cur_ok[envs] = True
 
     def _split(self, key: str, stacked: torch.Tensor) -> torch.Tensor:
@@ -283,24 +289,22 @@ class FrameReplayBuffer:
 
     def _add_step(self, step: dict[str, torch.Tensor]) -> torch.Tensor:
         assert self._obs_ids is not None and self._next_id is not None
-        fresh = torch.nonzero(~self._cur_ok).flatten()
-        if fresh.numel():
-            self._start_stacks(step, fresh)
+        if not self._cur_ok.all():
+            self._start_stacks(step, np.flatnonzero(~self._cur_ok))
         # The next observation is this one shifted by one frame: only its newest frame is new.
         newest = {k: self._split(k, step[f"next_{k}"])[:, -1] for k in self.frame_keys}
         new_ids = self._write_frames(newest)
         row = self.pos
-        self._obs_ids[row] = self._cur.to(self._obs_ids.device)
-        self._next_id[row] = new_ids.to(self._next_id.device)
-        self._row_min[row] = int(self._cur[:, 0].min())
+        self._obs_ids[row] = torch.from_numpy(self._cur)
+        self._next_id[row] = torch.from_numpy(new_ids)
+        self._row_min[row] = self._cur[:, 0].min()
         for key, dst in self._rows.items():
-            dst[row] = step[key].to(dst.device, dst.dtype)
+            dst[row] = step[key]
         # Continue every stack; one whose episode ended starts over from the next add's observation.
-        self._cur = torch.cat((self._cur[:, 1:], new_ids[:, None]), dim=1)
-        done = torch.zeros(self.n_envs, dtype=torch.bool)
+        self._cur[:, :-1] = self._cur[:, 1:]
+        self._cur[:, -1] = new_ids
         for key in self.done_keys:
-            done |= step[key].reshape(self.n_envs, -1).any(-1).cpu().bool()
-        self._cur_ok &= ~done
+            self._cur_ok &= ~step[key].reshape(self.n_envs, -1).any(-1).cpu().numpy()
         self.pos = (self.pos + 1) % self.buffer_size
         self._len = min(self._len + 1, self.buffer_size)
         self._drop_overwritten()
@@ -309,10 +313,10 @@ class FrameReplayBuffer:
     def _drop_overwritten(self) -> None:
         """Forget the oldest rows while one of them (or a row within a stack of it) refers to an overwritten frame."""
         alive_from = self.frames_written - self.frame_capacity
-        while self._len:
+        while self._len and alive_from > 0:
             oldest = self._oldest()
             window = [(oldest + i) % self.buffer_size for i in range(min(self.stack, self._len))]
-            if int(self._row_min[window].min()) >= alive_from:
+            if self._row_min[window].min() >= alive_from:
                 return
             self._len -= 1
 
@@ -401,9 +405,9 @@ class FrameReplayBuffer:
             "rows": dict(self._rows),
             "obs_ids": self._obs_ids,
             "next_id": self._next_id,
-            "row_min": self._row_min,
-            "cur": self._cur,
-            "cur_ok": self._cur_ok,
+            "row_min": torch.from_numpy(self._row_min),
+            "cur": torch.from_numpy(self._cur),
+            "cur_ok": torch.from_numpy(self._cur_ok),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -432,7 +436,7 @@ class FrameReplayBuffer:
             assert self._obs_ids is not None and self._next_id is not None
             self._obs_ids.copy_(state["obs_ids"])
             self._next_id.copy_(state["next_id"])
-        self._row_min.copy_(state["row_min"])
-        self._cur.copy_(state["cur"])
-        self._cur_ok.copy_(state["cur_ok"])
+        self._row_min[:] = state["row_min"].numpy()
+        self._cur[:] = state["cur"].numpy()
+        self._cur_ok[:] = state["cur_ok"].numpy()
         self.pos, self._len, self.frames_written = int(state["pos"]), int(state["len"]), int(state["frames_written"])
