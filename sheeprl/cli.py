@@ -515,6 +515,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             module, func = COMMANDS[argv[0]]
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
         argv = _take_config_dirs(argv)
+        if any(a in ("--multirun", "-m") for a in argv):
+            from sheeprl.sweep import run_sweep
+
+            return run_sweep(argv)
         algo, rest = _split_algo(argv)
         if algo is None:
             raise UsageError("no algorithm given; run 'python sheeprl.py --sheeprl_help' to list them")
