@@ -184,9 +184,10 @@ def poll(t: Trial, root: Path, metric: str) -> None:
             if math.isnan(value):
                 continue
             t.trial.report(value, step)
-            if t.trial.should_prune() and t.run.proc is not None and t.run.proc.poll() is None:
+            if t.trial.should_prune():
                 t.pruned = True
-                t.run.proc.send_signal(signal.SIGINT)
+                if t.run.proc is not None and t.run.proc.poll() is None:
+                    t.run.proc.send_signal(signal.SIGINT)
 
 
 def conclude(study: Any, t: Trial, root: Path, metric: str) -> str:
