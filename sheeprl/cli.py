@@ -467,6 +467,9 @@ def print_algorithms() -> None:
         for name in sorted(COMMANDS):
             print(f"  {name:<{width}}  python sheeprl.py {name} -h")
     print("\npython sheeprl.py <algorithm> -h lists every argument of a run.")
+    print(
+        "python sheeprl.py <algorithm> ... --multirun seed=1,2,3 [--jobs N] runs a sweep (howto/sweeps_and_tuning.md)."
+    )
 
 
 def print_arguments(spec: Any) -> None:

@@ -168,7 +168,7 @@ def plan(algo: str, rest: Sequence[str]) -> list[RunSpec]:
         try:
             build_config(algo, args)
         except UsageError as err:
-            combo = " ".join(f"{k}={v}" for k, v in params.items())
+            combo = " ".join(f"{k.lstrip('+~')}={v}" for k, v in params.items())
             raise UsageError(f"combination {combo}: {err}") from None
         runs.append(RunSpec(i, algo, args, f"{algo}_{combination_name(params)}", params))
     return runs

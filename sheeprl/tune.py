@@ -276,13 +276,12 @@ def tune(argv: Sequence[str]) -> int:
     dists: dict[str, Any] = {}
     for text in opts.param:
         key, dist = parse_param(text)
-        (override,) = argv_to_overrides([f"{key}={_format(first_value(dist))}"], fields)
-        dists[override.split("=", 1)[0]] = dist
-    for key, dist in dists.items():  # every key and its type, with the first value of each distribution
-        try:
-            build_config(algo, trial_args(base, {key: first_value(dist)}))
+        try:  # the key and its type, with the first value of the distribution
+            (override,) = argv_to_overrides([f"{key}={_format(first_value(dist))}"], fields)
+            build_config(algo, [*base, override])
         except UsageError as err:
             raise UsageError(f"--param {key}: {err}") from None
+        dists[override.split("=", 1)[0]] = dist
 
     study_name = opts.study_name or f"{algo}_{str(cfg.env.id).replace('/', '_')}"
     root = Path(opts.tune_dir) if opts.tune_dir else Path("logs") / "tune" / study_name

@@ -46,7 +46,11 @@ def test_sweep_runs_every_combination_and_tabulates_over_seeds(cli, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-m", "seed=1,2", "algo.optimizer.lrr=1e-4,3e-4"], "unknown config key 'algo.optimizer.lrr'"),
+        (["-m", "seed=1,2", "algo.gama=0.9,0.99"], "unknown config key 'algo.gama' (did you mean 'algo.gamma'"),
+        (
+            ["-m", "seed=1,2", "algo.optimizer.lrr=1e-4,3e-4"],
+            "Adam takes no argument 'lrr' (did you mean 'algo.optimizer.lr'",
+        ),
         (["-m", "seed=1,2", "--minibatch_size", "32,48"], "combination seed=1 algo.minibatch_size=48: algo.minibatch"),
         (["-m", "--jobs", "0", "seed=1,2"], "--jobs must be >= 1"),
         (["-m", "run_name=a,b"], "run_name cannot be swept"),
@@ -121,7 +125,11 @@ def test_tune_prunes_records_failures_and_resumes_after_an_interruption(tmp_path
     "args, message",
     [
         (["--trials", "2", "--param", "algo.optimizer.lr=log(1e-5)"], "log(low, high) takes two numbers"),
-        (["--trials", "2", "--param", "algo.optimizer.lrr=log(1e-5,1e-2)"], "unknown config key 'algo.optimizer.lrr'"),
+        (["--trials", "2", "--param", "algo.gama=float(0.9,1)"], "--param algo.gama: unknown config key 'algo.gama'"),
+        (
+            ["--trials", "2", "--param", "algo.optimizer.lrr=log(1e-5,1e-2)"],
+            "--param algo.optimizer.lrr: algo.optimizer",
+        ),
         (["--trials", "2", "--param", "algo.ent_coef=float(0,0.1)"], "set --eval_every N"),
         (["--trials", "2", "--param", "algo.optimizer.lr=gauss(0,1)"], "expected KEY=log(a,b)"),
     ],
