@@ -3,7 +3,7 @@
 Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
     for iteration = 1, 2, ...:
-        anneal the learning rate
+        step the learning-rate schedule (linear annealing by default)
         run the policy for rollout_steps in num_envs envs, storing (o, a, log pi(a|o), V(o), r, done)
         bootstrap truncated episodes from V(real final observation)
         compute advantages with GAE(gamma, lambda) and returns = advantages + values
@@ -13,7 +13,6 @@ Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +21,7 @@ from sheeprl.algos.ppo.agent import PPOAgent, build_agent
 from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, policy_loss, value_loss
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer, build_scheduler, load_scheduler_state
 from sheeprl.utils.returns import gae, next_values_from_rollout
 from sheeprl.utils.run import Run
 from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
@@ -72,18 +72,6 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: 
             break
 
 
-def lr_schedule(cfg: Any, num_iters: int) -> Callable[[int], float]:
-    """Fraction of the initial learning rate before iteration ``it + 1``: linear to 0 over the run, or constant."""
-    return lambda it: max(0.0, 1.0 - it / num_iters) if cfg.algo.anneal_lr else 1.0
-
-
-def restore_lr(optimizer: Any, scheduler: Any, schedule: Callable[[int], float]) -> None:
-    """After loading optimizer and scheduler states: the learning rate of the next iteration follows this run's
-    schedule (a resume with a larger total_steps would otherwise start from the old run's final, annealed rate)."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * schedule(scheduler.last_epoch)
-
-
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
     a = cfg.algo
@@ -96,21 +84,14 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
-    optimizer = torch.optim.Adam(
-        agent.parameters(),
-        lr=a.optimizer.lr,
-        eps=a.optimizer.eps,
-        betas=tuple(a.optimizer.betas),
-        weight_decay=a.optimizer.weight_decay,
-    )
+    optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, num_iters))
+    scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iters)
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])
-        scheduler.load_state_dict(run.state["scheduler"])
-        restore_lr(optimizer, scheduler, lr_schedule(cfg, num_iters))
+        load_scheduler_state(optimizer, scheduler, run.state["scheduler"])
     agent_ddp, optimizer = fabric.setup(agent, optimizer)
     player = agent  # the raw module: rollouts need no DDP hooks
     player.to(fabric.device)
