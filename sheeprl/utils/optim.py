@@ -14,6 +14,7 @@ anything runs, with a did-you-mean.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import math
@@ -113,7 +114,7 @@ def load_scheduler_state(optimizer: torch.optim.Optimizer, scheduler: Any, state
     of updates): a resume with a larger ``total_steps`` would then continue the old, finished annealing. Call it
     after the optimizer's state was loaded.
     """
-    fresh = list(scheduler.lr_lambdas)
+    fresh = copy.deepcopy(scheduler.lr_lambdas)  # load_state_dict updates schedule objects in place
     scheduler.load_state_dict(state)
     scheduler.lr_lambdas = fresh
     for group, factor in zip(optimizer.param_groups, fresh, strict=True):
