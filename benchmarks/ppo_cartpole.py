@@ -1,6 +1,12 @@
-"""PPO on CartPole-v1: wall time and SPS of a real run against the raw env + policy forward.
+"""PPO on CartPole-v1: wall time and SPS of a real run against the raw env + policy forward, and against
+Stable-Baselines3 at the same settings (whole process, start-up included, runs interleaved).
 
-    python benchmarks/ppo_cartpole.py [--total_steps 100000] [--num_envs 4] [--threads 1]
+    python benchmarks/ppo_cartpole.py [--total_steps 50000] [--num_envs 4] [--threads 1] [--repeats 2]
+    [--sb3_python /work/peers/sb3/bin/python]
+
+Settings of both (issue 13): 4 envs x 128-step rollouts, 4 epochs, 4 minibatches of 128, 2x64 tanh actor and
+critic, lr 2.5e-4, evaluation off. SB3 comes from a scratch venv (never the project's):
+``python3 -m venv /work/peers/sb3 && /work/peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
 
 Prints, for the same envs (4 x CartPole-v1, 128-step rollouts):
   raw env                  SPS of the bare Gymnasium vector env stepping random actions
@@ -56,6 +62,35 @@ def raw_sps(num_envs: int, steps: int, with_policy: bool) -> float:
     return steps * num_envs / dt
 
 
+# The benchmark's settings, pinned so that a change of defaults does not change what is measured.
+PINNED = ["--rollout_steps", "128", "--update_epochs", "4", "--minibatch_size", "128", "--lr", "2.5e-4"]
+PINNED += ["--checkpoint_every", "0", "--checkpoint.save_last", "false"]
+
+SB3_SCRIPT = """
+import sys, time
+t0 = time.perf_counter()
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+torch.set_num_threads(int(sys.argv[3]))
+env = make_vec_env("CartPole-v1", n_envs=int(sys.argv[2]), seed=1)
+model = PPO("MlpPolicy", env, n_steps=128, batch_size=128, n_epochs=4, learning_rate=2.5e-4, seed=1, device="cpu")
+model.learn(total_timesteps=int(sys.argv[1]))
+"""
+
+
+def sb3_run(python: str, total_steps: int, num_envs: int, threads: int) -> float:
+    """Whole-process wall seconds of SB3's PPO at the same settings."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [python, "-c", SB3_SCRIPT, str(total_steps), str(num_envs), str(threads)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+    )
+    return time.perf_counter() - t0
+
+
 def sheeprl_run(total_steps: int, num_envs: int, threads: int) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -76,6 +111,7 @@ def sheeprl_run(total_steps: int, num_envs: int, threads: int) -> dict:
             str(threads),
             "--seed",
             "1",
+            *PINNED,
         ]
         t0 = time.perf_counter()
         subprocess.run(
@@ -97,9 +133,11 @@ def sheeprl_run(total_steps: int, num_envs: int, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--total_steps", type=int, default=100_000)
+    p.add_argument("--total_steps", type=int, default=50_000)
     p.add_argument("--num_envs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved sheeprl / SB3 pairs (the best of each)")
+    p.add_argument("--sb3_python", default="/work/peers/sb3/bin/python", help="a Python with stable-baselines3")
     args = p.parse_args()
     import torch
 
@@ -107,19 +145,28 @@ def main() -> None:
     raw_steps = 5_000
     env_only = raw_sps(args.num_envs, raw_steps, with_policy=False)
     env_policy = raw_sps(args.num_envs, raw_steps, with_policy=True)
-    run = sheeprl_run(args.total_steps, args.num_envs, args.threads)
+    runs, sb3 = [], []
+    for _ in range(args.repeats):
+        runs.append(sheeprl_run(args.total_steps, args.num_envs, args.threads))
+        if Path(args.sb3_python).exists():
+            sb3.append(sb3_run(args.sb3_python, args.total_steps, args.num_envs, args.threads))
+    run = min(runs, key=lambda r: r["wall"])
     print(
-        f"PPO CartPole-v1, {args.num_envs} envs, 128-step rollouts, {args.total_steps} steps, {args.threads} thread(s)"
+        f"PPO CartPole-v1, {args.num_envs} envs x 128 steps, 4 epochs x 4 minibatches, {args.total_steps} steps, "
+        f"{args.threads} thread(s), best of {args.repeats}"
     )
     print(f"  raw env                 {env_only:10,.0f} SPS")
     print(f"  raw env + policy        {env_policy:10,.0f} SPS")
     print(f"  sheeprl rollout         {run['sps_rollout']:10,.0f} SPS  (Time/sps_env_interaction)")
     print(f"  rollout overhead        {env_policy / run['sps_rollout']:10.2f} x raw env + policy")
     print(f"  sheeprl train phase     {run['sps_train']:10,.0f} SPS  (Time/sps_train)")
-    print(
-        f"  sheeprl full run        {run['wall']:10.1f} s wall, {args.total_steps / run['wall']:,.0f} SPS overall "
-        f"(process start, eval off; last training return {run['final_return']:.1f})"
-    )
+    walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
+    print(f"  sheeprl whole process   {run['wall']:10.1f} s wall  (all: {walls})")
+    if sb3:
+        print(f"  SB3 whole process       {min(sb3):10.1f} s wall  (all: {', '.join(f'{w:.1f}' for w in sb3)})")
+        print(f"  speed-up vs SB3         {min(sb3) / run['wall']:10.2f} x")
+    else:
+        print(f"  SB3: no {args.sb3_python}; create the scratch venv (see the docstring) for the comparison")
 
 
 if __name__ == "__main__":

@@ -413,7 +413,7 @@ def _check_resume(cfg: Any) -> None:
     from sheeprl.utils.checkpoint import load_checkpoint, space_signature
 
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, mmap=True)  # the run loads it again: only a look here, even at a big buffer
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
     meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}

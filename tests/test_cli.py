@@ -82,7 +82,7 @@ def test_sheeprl_help_lists_algorithms(capsys):
 def test_algorithm_help_lists_every_argument(capsys):
     assert main(["ppo", "-h"]) == 0
     out = capsys.readouterr().out
-    for text in ("env.num_envs", "--num_envs", "algo.optimizer.lr", "0.00025", "GAE lambda", "checkpoint.resume_from"):
+    for text in ("env.num_envs", "--num_envs", "algo.optimizer.lr", "0.001", "GAE lambda", "checkpoint.resume_from"):
         assert text in out
     assert len([line for line in out.splitlines() if line.startswith("  ")]) == len(FIELDS) + 1
 

@@ -91,16 +91,16 @@ def test_decoupled_rollout_must_split_over_trainers(cli, tmp_path):
         "--env_id",
         "CartPole-v1",
         "--devices",
-        "3",
+        "4",
         "--num_envs",
         "1",
         "--rollout_steps",
         "64",
         "--minibatch_size",
-        "64",
+        "32",
     ]
     proc = cli("ppo_decoupled", *args, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 2 and "2 equal trainer chunks" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "split into 3 equal trainer shares" in proc.stderr, proc.stderr
     assert not (tmp_path / "logs").exists()
 
 
@@ -323,25 +323,7 @@ def test_killing_a_trainer_ends_the_run_with_an_error(tmp_path):
 # ------------------------------------------------------------------------------------------------ learning
 
 
-@pytest.mark.learning
-def test_decoupled_ppo_solves_cartpole(cli, tmp_path):
-    """1 player + 2 trainers with exp=ppo_decoupled_cartpole: greedy mean return >= 475 within 100k policy steps."""
-    proc = cli(
-        "exp=ppo_decoupled_cartpole",
-        "--devices",
-        "3",
-        "--seed",
-        "1",
-        "--num_threads",
-        "1",
-        "--eval_episodes",
-        "10",
-        cwd=tmp_path,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ((step, value),) = scalars(one_run(tmp_path))["Test/rew_avg"]
-    assert step >= 99_000 and value >= 475.0, proc.stdout[-2000:]
+# Decoupled PPO's learning test (its defaults, two seeds) is in tests/test_learning.py.
 
 
 @pytest.mark.learning

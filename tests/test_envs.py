@@ -54,9 +54,8 @@ def run_until_done(envs: gym.vector.VectorEnv, max_steps: int = 500) -> tuple[di
 
 
 def test_check_env_id_known_and_typo() -> None:
-    check_env_id("CartPole-v1")
-    check_env_id("HalfCheetah-v5")
-    check_env_id("CartPole")  # unversioned: gymnasium picks the latest
+    for known in ("CartPole-v1", "HalfCheetah-v5", "CartPole"):  # unversioned: gymnasium picks the latest
+        assert check_env_id(known) is None
     with pytest.raises(EnvError, match=r"unknown env id 'CartPol-v1' \(did you mean 'CartPole-v1'\?\)"):
         check_env_id("CartPol-v1")
     with pytest.raises(EnvError, match="unknown env id 'Qwxz-v9'$"):
@@ -65,7 +64,7 @@ def test_check_env_id_known_and_typo() -> None:
 
 def test_check_env_id_dmc() -> None:
     pytest.importorskip("dm_control")  # the optional "dmc" extra
-    check_env_id("dmc/cartpole-balance")
+    assert check_env_id("dmc/cartpole-balance") is None
     with pytest.raises(EnvError, match="did you mean 'dmc/cartpole-balance'"):
         check_env_id("dmc/cartpole-balanse")
     with pytest.raises(EnvError, match="dmc/<domain>-<task>"):
@@ -299,7 +298,15 @@ def test_atari_ids_need_ale_py() -> None:
         with pytest.raises(EnvError, match="ale-py"):
             check_env_id("ALE/Pong-v5")
     else:
-        check_env_id("ALE/Pong-v5")
+        assert check_env_id("ALE/Pong-v5") is None  # known once ale-py registered its ids
+        with pytest.raises(EnvError, match="did you mean 'ALE/Pong-v5'"):
+            check_env_id("ALE/Pongg-v5")
+        env = make_env(
+            make_cfg(id="ALE/Pong-v5", from_pixels=True, screen_size=32, cnn=["rgb"], mlp=[]), seed=0, idx=0
+        )()
+        obs, _ = env.reset(seed=0)
+        assert obs["rgb"].shape == (3, 32, 32) and obs["rgb"].dtype == np.uint8
+        env.close()
 
 
 # --- normalization ----------------------------------------------------------------------------------------------
@@ -397,8 +404,15 @@ def test_without_normalization_state_is_empty_and_obs_untouched() -> None:
     assert get_env_state(envs) == {}
     assert normalize_obs(envs, obs) is obs
     assert find_wrapper(envs, NormalizeDictObservation) is None
-    set_env_state(envs, {})
+    set_env_state(envs, {})  # loading nothing into an env without normalization is a no-op ...
     set_normalization_training(envs, False)
+    assert get_env_state(envs) == {}
+    again, _ = envs.reset(seed=0)
+    np.testing.assert_array_equal(again["state"], obs["state"])  # ... and observations stay raw
+    raw = gym.make("CartPole-v1")
+    first, _ = raw.reset(seed=0)
+    np.testing.assert_allclose(obs["state"][0], first)
+    raw.close()
     envs.close()
 
 

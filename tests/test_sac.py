@@ -55,7 +55,19 @@ def test_sac_two_ranks_coupled(cli, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
-    assert "Loss/value_loss" in scalars(run)
+    tags = scalars(run)
+    losses = [v for _, v in tags["Loss/value_loss"]] + [v for _, v in tags["Loss/policy_loss"]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    (ckpt,) = (run / "checkpoint").glob("ckpt_*_0.ckpt")
+    state = torch.load(ckpt, weights_only=False)
+    # 200 policy steps over both ranks, 100 of them after learning_starts: replay ratio 1 gives 100 gradient steps
+    # in all (each rank takes every step on its half of the batch), not 100 per rank nor 200.
+    assert state["policy_step"] == 200
+    assert {int(s["step"]) for s in state["critic_optimizer"]["state"].values()} == {100}
+    assert {int(s["step"]) for s in state["actor_optimizer"]["state"].values()} == {100}
+    # Both ranks' own state is saved, and they ran different random streams (distinct seeds).
+    assert len(state["ranks"]) == 2
+    assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
 
 
 @pytest.mark.parametrize("devices", ["2", "3"])

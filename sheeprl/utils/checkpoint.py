@@ -86,13 +86,15 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint on the CPU; raises FileNotFoundError or ValueError (corrupt / not a sheeprl checkpoint)."""
+def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU; raises FileNotFoundError or ValueError (corrupt / not a sheeprl checkpoint).
+
+    ``mmap`` maps tensors from the file instead of reading them (a cheap look at a large checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # pickle, zip and torch errors all mean the same to a user
         raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
     if not isinstance(state, dict) or "policy_step" not in state:

@@ -1,4 +1,10 @@
-"""PPO's typed arguments: defaults follow CleanRL's ppo.py ("37 implementation details") on CartPole."""
+"""PPO's typed arguments.
+
+Defaults learn classic-control tasks fast (SheepRL 0.8.4's PPO settings: 10 epochs of 64-transition minibatches,
+lr 1e-3, no entropy bonus, raw advantages, no gradient clipping; annealed lr for stability): CartPole-v1's training
+return reaches 475 in about 25k policy steps (benchmarks/learning.py). ``exp=ppo_cartpole`` holds CleanRL's
+"37 implementation details" settings, ``exp=ppo_halfcheetah`` CleanRL's MuJoCo ones.
+"""
 
 from __future__ import annotations
 
@@ -24,20 +30,20 @@ class PPOArgs(AlgoConfig):
     name: str = arg("ppo", "algorithm name")
     total_steps: int = arg(100_000, "policy steps to train for (env steps summed over all envs and ranks)")
     rollout_steps: int = arg(128, "steps per env in each rollout")
-    update_epochs: int = arg(4, "passes over each rollout")
-    minibatch_size: int = arg(128, "transitions per gradient step, per rank (must divide rollout_steps * num_envs)")
+    update_epochs: int = arg(10, "passes over each rollout")
+    minibatch_size: int = arg(64, "transitions per gradient step, per rank (must divide rollout_steps * num_envs)")
     gamma: float = arg(0.99, "discount factor")
     gae_lambda: float = arg(0.95, "GAE lambda")
     clip_coef: float = arg(0.2, "surrogate clipping coefficient")
-    clip_vloss: bool = arg(True, "clip the value loss around the old value estimate")
-    ent_coef: float = arg(0.01, "entropy bonus coefficient")
-    vf_coef: float = arg(0.5, "value loss coefficient")
-    max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
-    normalize_advantages: bool = arg(True, "normalize advantages per minibatch")
+    clip_vloss: bool = arg(False, "clip the value loss around the old value estimate")
+    ent_coef: float = arg(0.0, "entropy bonus coefficient")
+    vf_coef: float = arg(1.0, "value loss coefficient")
+    max_grad_norm: float = arg(0.0, "gradient norm clipping (0 = off)")
+    normalize_advantages: bool = arg(False, "normalize advantages per minibatch")
     target_kl: Optional[float] = arg(None, "stop the update epochs early when the approx KL exceeds this")
     optimizer: OptimizerConfig = arg(
         help="optimizer and learning-rate schedule (linear annealing to 0 by default)",
-        factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5, schedule=ScheduleConfig("linear")),
+        factory=lambda: OptimizerConfig(lr=1e-3, eps=1e-5, schedule=ScheduleConfig("linear")),
     )
     dense_units: int = arg(64, "hidden units per layer of actor and critic")
     mlp_layers: int = arg(2, "hidden layers of actor and critic (0: linear heads on the encoder features)")
@@ -101,7 +107,7 @@ register_algorithm(
 class PPODecoupledArgs(PPOArgs):
     name: str = arg("ppo_decoupled", "algorithm name")
     minibatch_size: int = arg(
-        128, "transitions per gradient step, per trainer (must divide rollout_steps * num_envs / trainers)"
+        64, "transitions per gradient step over all trainers, as in coupled PPO (each trainer takes its share)"
     )
 
 
@@ -120,10 +126,10 @@ def validate_decoupled(cfg: Any) -> None:
         raise ConfigError(f"algo.mlp_layers must be >= 0 (0: linear heads on the encoder), got {a.mlp_layers}")
     trainers = world_size(cfg) - 1
     batch = a.rollout_steps * cfg.env.num_envs
-    if trainers >= 1 and (batch % trainers != 0 or (batch // trainers) % a.minibatch_size != 0):
+    if trainers >= 1 and (batch % a.minibatch_size != 0 or a.minibatch_size % trainers != 0):
         raise ConfigError(
-            f"the rollout of rollout_steps * num_envs = {batch} transitions must split into {trainers} equal "
-            f"trainer chunks that algo.minibatch_size={a.minibatch_size} divides"
+            f"algo.minibatch_size={a.minibatch_size} must divide the rollout of rollout_steps * num_envs = {batch} "
+            f"transitions and split into {trainers} equal trainer shares"
         )
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")

@@ -30,17 +30,27 @@ if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
 
-def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run, group: Any = None) -> None:
+def train(
+    fabric: Fabric,
+    agent: Any,
+    optimizer: Any,
+    data: Any,
+    cfg: Any,
+    run: Run,
+    group: Any = None,
+    minibatch_size: int | None = None,
+) -> None:
     """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions).
 
-    ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers).
+    ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers);
+    ``minibatch_size`` the rows this rank takes per gradient step (default ``algo.minibatch_size``).
     """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
     n = data.batch_size[0]
     for _ in range(a.update_epochs):
         kls = []
-        for idx in torch.randperm(n).split(a.minibatch_size):
+        for idx in torch.randperm(n).split(minibatch_size or a.minibatch_size):
             batch = data[idx]
             new_logp, entropy, new_values = agent({k: batch[k] for k in obs_keys}, batch["actions"])
             adv = batch["advantages"]

@@ -11,7 +11,9 @@
 
 The update is exactly coupled PPO's ``train()`` (``ppo.py``), the losses are ``loss.py``'s and the agent
 ``agent.py``'s; the process groups and transfers are ``sheeprl/utils/decoupled.py``. ``policy_step`` counts
-the player's env steps: with N-1 trainers a run collects as many transitions as one coupled process.
+the player's env steps: with N-1 trainers a run collects as many transitions as one coupled process, and takes
+as many gradient steps of ``algo.minibatch_size`` rows (each trainer computes its 1/(N-1) share of every minibatch,
+DDP averages them), so that equal settings give the coupled algorithm's update.
 """
 
 from __future__ import annotations
@@ -147,7 +149,9 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
         policy_step += steps_per_iter  # counted like the player's, so that every collective lines up
         data = comm.recv_batch()
         with run.timer("train"):
-            train(fabric, model, optimizer, data, cfg, run, group=comm.trainer_group)
+            # algo.minibatch_size rows per gradient step in all, as in coupled PPO: DDP averages the trainers' shares.
+            per_trainer = a.minibatch_size // comm.num_trainers
+            train(fabric, model, optimizer, data, cfg, run, group=comm.trainer_group, minibatch_size=per_trainer)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
         comm.sync_weights(agent)

@@ -1,0 +1,294 @@
+"""Learning benchmark: (algorithm, task, budget) entries over N seeds -> a markdown table and one plot per task.
+
+    python benchmarks/learning.py                                  # the CPU set, seeds 1-5
+    python benchmarks/learning.py ppo_cartpole ppo_decoupled_cartpole --seeds 1 2 3 --jobs 2
+    python benchmarks/learning.py --list                           # the registry
+    python benchmarks/learning.py sac_pendulum --out /tmp/bench    # table + plots written there
+
+Every run is ``python sheeprl.py ...`` as a user types it (the entry's flags plus ``--seed``,
+``--total_steps``, ``--log_root``), so the numbers are those of the CLI, defaults included. Runs go in
+parallel, as many at once as the cores allow (a decoupled entry counts its processes). For each entry the
+table gives, over seeds, the mean, std and min of
+
+* the final greedy return (``Test/rew_avg``, the evaluation that ends every run), and
+* the policy step at which the training return (``Rewards/rew_avg``, the stochastic policy's episodes, the
+  curve a user watches in TensorBoard) first reaches the entry's threshold ("never" counts as the budget,
+  and the table says how many seeds got there),
+
+beside published anchors with their sources. Plots: mean and min..max band of ``Rewards/rew_avg`` per task.
+Add an algorithm with one :class:`Entry` in ``REGISTRY``; tests reuse :func:`run_entry` on fewer seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmark line: what to run, for how long, and what counts as solved."""
+
+    algo: str  # the algorithm name or an exp= preset as the first CLI argument(s)
+    task: str  # the env id, used to group entries in one plot
+    args: tuple[str, ...]  # CLI flags/overrides after the algorithm
+    budget: int  # total policy steps
+    threshold: float  # training return (Rewards/rew_avg) that counts as solved
+    processes: int = 1  # processes one run uses (decoupled: player + trainers)
+    log_every: int = 1024  # Rewards/rew_avg resolution in policy steps
+    anchors: tuple[str, ...] = field(default_factory=tuple)  # published figures, with their sources
+
+
+SB3_ZOO = "SB3 RL Zoo benchmark.md (DLR-RM/rl-baselines3-zoo), one run, deterministic eval"
+REGISTRY: dict[str, Entry] = {
+    "ppo_cartpole": Entry(
+        "ppo",
+        "CartPole-v1",
+        ("--env_id", "CartPole-v1"),  # the defaults a new user gets, no preset
+        100_000,
+        475.0,
+        anchors=(
+            f"SB3 PPO: 500.0 +- 0.0 at 100k ({SB3_ZOO})",
+            "SheepRL 0.8.4 defaults: training return 475 at ~15k steps (measured in issue 13, seeds 1-3)",
+        ),
+    ),
+    "ppo_decoupled_cartpole": Entry(
+        "ppo_decoupled",
+        "CartPole-v1",
+        ("--env_id", "CartPole-v1", "--devices", "3"),
+        100_000,
+        475.0,
+        processes=3,
+        anchors=("SheepRL 0.8.4 ppo_decoupled: peak 245 at 150k (measured in issue 13)",),
+    ),
+    "sac_pendulum": Entry(
+        "exp=sac_pendulum",
+        "Pendulum-v1",
+        (),
+        15_000,
+        -250.0,
+        log_every=1000,
+        anchors=(f"SB3 SAC: -202.0 +- 60.5 at 20k on Pendulum-v0 ({SB3_ZOO})",),
+    ),  # fmt: skip
+    "sac_decoupled_pendulum": Entry(
+        "exp=sac_decoupled_pendulum", "Pendulum-v1", (), 15_000, -250.0, processes=2, log_every=1000
+    ),
+    "td3_pendulum": Entry("exp=td3_pendulum", "Pendulum-v1", (), 15_000, -250.0, log_every=1000),
+    "droq_pendulum": Entry("exp=droq_pendulum", "Pendulum-v1", (), 15_000, -250.0, log_every=1000),
+}
+CPU_SET = ("ppo_cartpole", "ppo_decoupled_cartpole", "sac_pendulum", "td3_pendulum", "droq_pendulum")
+
+
+@dataclass
+class Result:
+    entry: str
+    seed: int
+    returncode: int
+    wall_s: float
+    final_greedy: Optional[float]
+    first_step: Optional[int]  # first logged step with Rewards/rew_avg >= threshold (None: never)
+    curve: list[tuple[int, float]]  # (step, Rewards/rew_avg)
+    run_dir: Optional[str]
+    stderr_tail: str = ""
+
+
+def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def run_entry(
+    name: str,
+    seed: int,
+    log_root: Path,
+    extra: tuple[str, ...] = (),
+    budget: Optional[int] = None,
+    timeout: float = 3600,
+) -> Result:
+    """One seed of one entry, as a user runs it; ``budget`` replaces the entry's, ``extra`` flags are appended."""
+    e = REGISTRY[name]
+    cmd = [sys.executable, str(ROOT / "sheeprl.py"), e.algo, *e.args, "--seed", str(seed)]
+    cmd += ["--total_steps", str(budget or e.budget), "--metric.log_every", str(e.log_every), "--eval_episodes", "10"]
+    cmd += ["--num_threads", "1", "--checkpoint_every", "0", "--log_root", str(log_root), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=log_root)
+    wall = time.perf_counter() - t0
+    runs = sorted(p.parent for p in log_root.rglob("config.yaml"))
+    if proc.returncode != 0 or not runs:
+        return Result(name, seed, proc.returncode, wall, None, None, [], None, proc.stderr[-2000:])
+    tags = _scalars(runs[-1])
+    curve = [(int(s), float(v)) for s, v in tags.get("Rewards/rew_avg", [])]
+    first = next((s for s, v in curve if v >= e.threshold), None)
+    greedy = tags.get("Test/rew_avg", [])
+    return Result(name, seed, 0, wall, greedy[-1][1] if greedy else None, first, curve, str(runs[-1]))
+
+
+def run_many(
+    names: list[str],
+    seeds: list[int],
+    root: Path,
+    jobs: int,
+    extra: tuple[str, ...] = (),
+    budget: Optional[int] = None,
+) -> list[Result]:
+    """Every (entry, seed), ``jobs`` cores' worth at a time (a run of P processes takes P slots)."""
+    import threading
+
+    slots = threading.Semaphore(jobs)
+
+    def one(name: str, seed: int) -> Result:
+        need = min(REGISTRY[name].processes, jobs)
+        for _ in range(need):
+            slots.acquire()
+        try:
+            folder = root / name / f"seed{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            res = run_entry(name, seed, folder, extra, budget)
+            status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}"
+            print(f"{name} seed {seed}: {status}, greedy {res.final_greedy}, threshold at {res.first_step}, "
+                  f"{res.wall_s:.0f} s", flush=True)  # fmt: skip
+            return res
+        finally:
+            for _ in range(need):
+                slots.release()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names) * len(seeds))) as pool:
+        futures = [pool.submit(one, n, s) for n in names for s in seeds]
+        return [f.result() for f in futures]
+
+
+def _stats(values: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std()), float(a.min())
+
+
+def summarize(results: list[Result]) -> dict[str, dict]:
+    """Per entry: greedy (mean, std, min), steps to threshold (mean, std, min; never = budget), reached k/N."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r.entry for r in results):
+        rs = [r for r in results if r.entry == name]
+        ok = [r for r in rs if r.returncode == 0 and r.final_greedy is not None]
+        e = REGISTRY[name]
+        steps = [r.first_step if r.first_step is not None else e.budget for r in ok]
+        out[name] = {
+            "seeds": len(rs),
+            "failed": len(rs) - len(ok),
+            "greedy": _stats([r.final_greedy for r in ok]) if ok else None,
+            "steps": _stats(steps) if ok else None,
+            "reached": sum(r.first_step is not None for r in ok),
+            "wall": float(np.mean([r.wall_s for r in ok])) if ok else None,
+        }
+    return out
+
+
+def markdown(summary: dict[str, dict], seeds: list[int]) -> str:
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}. Greedy: final `Test/rew_avg` (10 episodes). Steps: first policy step "
+        "at which the training return `Rewards/rew_avg` >= threshold (a seed that never gets there counts as the "
+        "budget). Mean, std, min over seeds.",
+        "",
+        "| entry | task | budget | threshold | greedy mean | greedy std | greedy min | steps mean | steps std "
+        "| steps min | reached | wall s/run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        e = REGISTRY[name]
+        g = s["greedy"] or (float("nan"),) * 3
+        st = s["steps"] or (float("nan"),) * 3
+        lines.append(
+            f"| {name} | {e.task} | {e.budget:,} | {e.threshold:g} | {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} "
+            f"| {st[0]:,.0f} | {st[1]:,.0f} | {st[2]:,.0f} | {s['reached']}/{s['seeds'] - s['failed']} "
+            f"| {s['wall'] or float('nan'):.0f} |"
+        )
+    anchors = [(n, a) for n in summary for a in REGISTRY[n].anchors]
+    if anchors:
+        lines += ["", "Published anchors:", ""] + [f"- {n}: {a}" for n, a in anchors]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], out: Path) -> list[Path]:
+    """One PNG per task: per entry, the mean of Rewards/rew_avg over seeds and its min..max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    tasks = dict.fromkeys(REGISTRY[r.entry].task for r in results)
+    for task in tasks:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        thresholds = set()
+        for name in dict.fromkeys(r.entry for r in results if REGISTRY[r.entry].task == task):
+            curves = [r.curve for r in results if r.entry == name and r.curve]
+            if not curves:
+                continue
+            e = REGISTRY[name]
+            grid = np.arange(e.log_every, e.budget + 1, e.log_every)
+            ys = np.stack([np.interp(grid, [s for s, _ in c], [v for _, v in c]) for c in curves])
+            ax.plot(grid, ys.mean(0), label=f"{name} ({len(curves)} seeds)")
+            ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
+            thresholds.add(e.threshold)
+        for t in thresholds:
+            ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("policy steps")
+        ax.set_ylabel("training return (Rewards/rew_avg)")
+        ax.set_title(f"{task}: mean and min..max over seeds")
+        ax.legend(fontsize=8)
+        path = out / f"learning_{task.replace('/', '_')}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("entries", nargs="*", help=f"registry names (default: the CPU set {', '.join(CPU_SET)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="cores to fill (default: all)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of the table and plots")
+    p.add_argument("--list", action="store_true", help="print the registry and exit")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, e in REGISTRY.items():
+            print(f"{name:24s} {e.algo} {' '.join(e.args)}  budget {e.budget:,}  threshold {e.threshold:g}")
+        return 0
+    names = args.entries or list(CPU_SET)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        print(f"learning.py: error: unknown entries {unknown}; see --list", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sheeprl_learning_") as tmp:
+        results = run_many(names, args.seeds, Path(tmp), args.jobs)
+        table = markdown(summarize(results), args.seeds)
+        pngs = plot(results, out)
+    (out / "learning.md").write_text(table)
+    print(table)
+    print("written:", out / "learning.md", *pngs)
+    failed = [r for r in results if r.returncode != 0]
+    for r in failed:
+        print(f"{r.entry} seed {r.seed} failed:\n{r.stderr_tail}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

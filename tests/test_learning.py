@@ -1,0 +1,33 @@
+"""Learning tests through the benchmark harness (benchmarks/learning.py), on fewer seeds than the benchmark.
+
+What is checked is what a user watches: the training return ``Rewards/rew_avg`` of the stochastic policy reaches
+the threshold within the budget on every seed, and the final greedy evaluation ``Test/rew_avg`` is solved too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from learning import REGISTRY, run_many  # noqa: E402
+
+pytestmark = pytest.mark.learning
+
+
+@pytest.mark.parametrize(
+    "entry, budget",
+    [("ppo_cartpole", 50_000), pytest.param("ppo_decoupled_cartpole", 60_000, marks=pytest.mark.distributed)],
+)
+def test_ppo_defaults_solve_cartpole_on_every_seed(entry, budget, tmp_path):
+    """``ppo --env_id CartPole-v1`` with its defaults (no preset): training return >= 475 within the budget and a
+    greedy return of 500, on seeds 1 and 2 (the benchmark runs 1-5)."""
+    results = run_many([entry], [1, 2], tmp_path, jobs=2, budget=budget)
+    threshold = REGISTRY[entry].threshold
+    for r in results:
+        assert r.returncode == 0, r.stderr_tail
+        assert r.first_step is not None and r.first_step <= budget, (r.seed, r.curve)
+        assert max(v for _, v in r.curve) >= threshold
+        assert r.final_greedy is not None and r.final_greedy >= threshold, (r.seed, r.final_greedy)
