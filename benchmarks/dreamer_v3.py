@@ -48,7 +48,7 @@ def make(size: str, batch: int, seq: int, compile_: bool = False):
         list(agent.actor.parameters()),
         list(agent.critic.parameters()),
     )
-    opts = tuple(torch.optim.Adam(p, lr=1e-4) for p in groups)
+    opts = tuple(torch.optim.Adam(p, lr=1e-4, fused=True) for p in groups)
     norm = PercentileNormalizer()
     if compile_:
         agent.world_model.rssm.step = torch.compile(agent.world_model.rssm.step, dynamic=False)

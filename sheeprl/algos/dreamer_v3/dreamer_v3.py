@@ -264,7 +264,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         list(agent.critic.parameters()),
     )
     optimizers = tuple(
-        torch.optim.Adam(p, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        torch.optim.Adam(p, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
         for p, o in zip(param_groups, (a.world_model_optimizer, a.actor_optimizer, a.critic_optimizer), strict=True)
     )
     if a.compile:
