@@ -114,7 +114,7 @@ def test_nature_cnn_shapes(lead):
 def test_nature_cnn_scales_only_uint8():
     cnn = NatureCNN(1, features_dim=8, screen_size=SCREEN)
     raw = torch.randint(0, 256, (2, 1, SCREEN, SCREEN), dtype=torch.uint8)
-    scaled = raw.float() / 255.0 - 0.5
+    scaled = raw.float() / 255.0  # frames become float in [0, 1] inside the network, never earlier
     assert torch.allclose(cnn(raw), cnn(scaled), atol=1e-6)
     # A float input is used as given, not rescaled a second time.
     assert not torch.allclose(cnn(raw.float()), cnn(raw))

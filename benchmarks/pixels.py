@@ -1,0 +1,122 @@
+"""The pixel data path: Atari env speed with our preprocessing, replay memory per stored transition.
+
+    OMP_NUM_THREADS=1 python benchmarks/pixels.py [--steps 2000] [--rounds 3] [--game ALE/Breakout-v5]
+
+Prints:
+  env steps/s      agent steps per second (random actions) of
+                     bare     gym.make("ALE/<Game>-v5"): the emulator skips 4 frames itself, 210x160 RGB observations
+                     sheeprl  our Atari env (env=atari): frameskip=1 emulator + AtariPreprocessing (no-ops, skip 4,
+                              max-pool, 84x84 grayscale) + FIRE reset + FrameStackObservation(4) + dict observation
+                   measured in interleaved rounds (the machine may be shared); the ratio is bare / sheeprl.
+  bytes/transition FrameReplayBuffer storage (frames, frame ids, actions, rewards, flags) for 84x84x4 stacks,
+                   the frames actually written per transition in a real Atari rollout, and the same transition in a
+                   plain ReplayBuffer (observation + next observation, both stacked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from sheeprl.config import RunConfig  # noqa: E402
+from sheeprl.data import FrameReplayBuffer  # noqa: E402
+from sheeprl.envs import make_env, make_vector_env  # noqa: E402
+from sheeprl.envs.atari import register_ale  # noqa: E402
+
+
+def atari_cfg(game: str, num_envs: int = 1) -> object:
+    cfg = OmegaConf.structured(RunConfig)
+    cfg.algo.cnn_keys.encoder, cfg.algo.mlp_keys.encoder = ["rgb"], []
+    preset = OmegaConf.load(ROOT / "configs" / "env" / "atari.yaml")
+    cfg.env = OmegaConf.merge(cfg.env, preset.env)
+    cfg.env.id, cfg.env.num_envs = game, num_envs
+    return cfg
+
+
+def steps_per_second(env: gym.Env, steps: int, seed: int) -> float:
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    n = env.action_space.n
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(n)))
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def env_speed(game: str, steps: int, rounds: int) -> None:
+    register_ale()
+    bare = gym.make(game)  # v5 defaults: frameskip 4 in the emulator, sticky actions 0.25
+    ours = make_env(atari_cfg(game), seed=0, idx=0)()
+    results: dict[str, list[float]] = {"bare": [], "sheeprl": []}
+    for r in range(rounds):  # interleaved, so both see the same machine load
+        results["bare"].append(steps_per_second(bare, steps, r))
+        results["sheeprl"].append(steps_per_second(ours, steps, r))
+    bare_sps, ours_sps = (float(np.median(v)) for v in results.values())
+    print(f"{game}: env steps/s (median of {rounds} interleaved rounds of {steps} steps, 1 env, random actions)")
+    print(f"  bare ALE v5 (skip 4 in C++, RGB 210x160)      {bare_sps:8.0f}")
+    print(f"  sheeprl env=atari (DeepMind preprocessing)    {ours_sps:8.0f}")
+    print(f"  overhead (bare / sheeprl)                     {bare_sps / ours_sps:8.2f}x   target <= 1.3x")
+
+
+def buffer_bytes(game: str, steps: int) -> None:
+    # Storage per transition: allocate a buffer of 1 env and divide (the frame ring scales linearly).
+    size = 20_000
+    rb = FrameReplayBuffer(size, 1, frame_keys=("rgb",), stack=4)
+    cfg = atari_cfg(game)
+    cfg.env.max_episode_steps = 2_000  # frames: short episodes, to count the reset frames too
+    envs = make_vector_env(cfg, seed=0)
+    obs, _ = envs.reset(seed=0)
+    for _ in range(steps):
+        actions = envs.action_space.sample()
+        next_obs, rewards, terminated, truncated, infos = envs.step(actions)
+        real = next_obs["rgb"].copy()
+        for i in np.flatnonzero(terminated | truncated):
+            real[i] = infos["final_obs"][i]["rgb"]
+        rb.add(
+            {
+                "rgb": obs["rgb"][None],
+                "next_rgb": real[None],
+                "actions": torch.as_tensor(actions)[None],
+                "rewards": torch.as_tensor(rewards, dtype=torch.float32)[None],
+                "terminated": torch.as_tensor(terminated)[None],
+                "truncated": torch.as_tensor(truncated)[None],
+            }
+        )
+        obs = next_obs
+    per = rb.nbytes() / size
+    frame = 84 * 84
+    plain = 2 * 4 * frame + 8 + 4 + 1 + 1
+    written = rb.frames_written / len(rb)
+    print(f"replay memory, 84x84 grayscale, stack 4 (frame = {frame} bytes)")
+    print(f"  FrameReplayBuffer bytes/transition            {per:8.0f}   -> 1M transitions: {per * 1e6 / 1e9:.2f} GB")
+    print(f"  frames written per transition (real rollout)  {written:8.3f}   ({steps} steps, episodes of <= 500 steps)")
+    print(
+        f"  plain ReplayBuffer bytes/transition           {plain:8.0f}   -> 1M transitions: {plain * 1e6 / 1e9:.2f} GB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--game", default="ALE/Breakout-v5")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    env_speed(args.game, args.steps, args.rounds)
+    buffer_bytes(args.game, args.steps)
+
+
+if __name__ == "__main__":
+    main()
