@@ -64,16 +64,16 @@ def make(size: str, batch: int, seq: int, compile_: bool = False):
     return lambda: train(fabric, agent, opts, groups, norm, batch_, cfg)
 
 
-def ours(size: str, batch: int, seq: int, steps: int, compile_: bool = False) -> float:
+def ours(size: str, batch: int, seq: int, steps: int, compile_: bool = False) -> dict[str, float]:
     fn = make(size, batch, seq, compile_)
     fn()  # warm-up (allocations, compile)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return steps / (time.perf_counter() - t0)
+    return {"grad_steps_per_s": steps / (time.perf_counter() - t0), "per_cpu_s": steps / (time.process_time() - c0)}
 
 
-def sheeprl(python: str, size: str, batch: int, seq: int, steps: int) -> float | None:
+def sheeprl(python: str, size: str, batch: int, seq: int, steps: int) -> dict[str, float] | None:
     if not Path(python).exists():
         return None
     proc = subprocess.run(
@@ -86,7 +86,7 @@ def sheeprl(python: str, size: str, batch: int, seq: int, steps: int) -> float |
     if proc.returncode != 0 or not lines:
         print(f"  SheepRL 0.8.4 failed: {proc.stderr.strip().splitlines()[-1:]}")
         return None
-    return json.loads(lines[-1])["grad_steps_per_s"]
+    return json.loads(lines[-1])
 
 
 def profile(size: str, batch: int, seq: int) -> None:
@@ -115,14 +115,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"Dreamer V3 gradient steps/s, batch {args.batch} x sequence {args.seq}, {args.threads} thread(s), CPU")
+    print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
     for size in args.sizes:
-        mine = ours(size, args.batch, args.seq, args.steps)
-        line = f"  {size:>3}: this project {mine:7.3f}"
-        if args.compile:
-            line += f"  compiled {ours(size, args.batch, args.seq, args.steps, True):7.3f}"
+        # Interleaved: ours, SheepRL, then ours again, so both see the same machine load.
         peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps)
+        mine = ours(size, args.batch, args.seq, args.steps)
+        line = f"  {size:>3}: this project wall {mine['grad_steps_per_s']:7.3f} cpu {mine['per_cpu_s']:7.3f}"
+        if args.compile:
+            comp = ours(size, args.batch, args.seq, args.steps, True)
+            line += f" | compiled wall {comp['grad_steps_per_s']:7.3f} cpu {comp['per_cpu_s']:7.3f}"
         if peer:
-            line += f"  SheepRL 0.8.4 {peer:7.3f}  ratio {mine / peer:5.2f}x"
+            line += (
+                f" | SheepRL 0.8.4 wall {peer['grad_steps_per_s']:7.3f} cpu {peer['per_cpu_s']:7.3f}"
+                f" | ratio wall {mine['grad_steps_per_s'] / peer['grad_steps_per_s']:5.2f}x"
+                f" cpu {mine['per_cpu_s'] / peer['per_cpu_s']:5.2f}x"
+            )
         print(line, flush=True)
     if args.profile:
         profile(args.sizes[0], args.batch, args.seq)

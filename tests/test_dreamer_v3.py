@@ -77,6 +77,15 @@ def test_dreamer_v3_pixels_dmc_video_and_images(cli, tmp_path):
     assert (run / "memmap_buffer" / "rank_0" / "rgb.memmap").exists()
 
 
+def test_dreamer_v3_atari_preset_smoke(cli, tmp_path):
+    # exp=dreamer_v3_100k_ms_pacman with a tiny model: env=atari preprocessing, 64x64 RGB, one env.
+    proc = cli("exp=dreamer_v3_100k_ms_pacman", *TINY, "--num_envs", "1", "--total_steps", "48", "--eval_episodes", "0",
+               cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "logs")
+    assert "Loss/observation_loss" in scalars(run)
+
+
 def test_dreamer_v3_resume_with_buffer(cli, tmp_path):
     args = ["dreamer_v3", "--env_id", "CartPole-v1", *TINY, "--eval_episodes", "0", "--checkpoint.save_buffer"]
     proc = cli(*args, "--total_steps", "64", cwd=tmp_path)
