@@ -44,7 +44,9 @@ def run_episodes(
     """Play ``episodes`` episodes with ``act(obs) -> actions`` on one fresh env.
 
     ``env_state`` carries the training run's normalization statistics (frozen here). Returns the
-    raw (unnormalized) returns and lengths.
+    raw (unnormalized) returns and lengths. A stateful policy (e.g. a recurrent one) may carry a
+    ``reset(mask)`` attribute: it is called with ``None`` before the first step and with the mask of
+    the envs whose episode just ended after every step, so its state restarts with each episode.
     """
     from sheeprl.envs import make_vector_env, set_env_state
 
@@ -54,10 +56,15 @@ def run_episodes(
     returns: list[float] = []
     lengths: list[float] = []
     try:
+        reset = getattr(act, "reset", None)
         obs, _ = envs.reset(seed=seed)
+        if reset is not None:
+            reset(None)
         while len(returns) < episodes:
             actions = act(obs_to_torch(obs, device))
-            obs, _, _, _, infos = envs.step(actions.cpu().numpy())
+            obs, _, terminated, truncated, infos = envs.step(actions.cpu().numpy())
+            if reset is not None and (terminated | truncated).any():
+                reset(terminated | truncated)
             if "episode" in infos:
                 for i in np.flatnonzero(infos["_episode"]):
                     returns.append(float(infos["episode"]["r"][i]))

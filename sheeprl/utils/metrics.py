@@ -75,6 +75,11 @@ class TensorBoardLogger:
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, step)
 
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        """A ``(C, H, W)`` image (uint8, or float in [0, 1])."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, step)
+
     def log_text(self, tag: str, text: str) -> None:
         if self._writer is not None:
             self._writer.add_text(tag, text)

@@ -97,23 +97,32 @@ def nstep_targets(
     return out
 
 
-@torch.no_grad()
 def lambda_returns(
-    rewards: Tensor, next_values: Tensor, terminated: Tensor, dones: Tensor, gamma: float, lmbda: float
+    rewards: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    dones: Tensor,
+    gamma: float,
+    lmbda: float,
+    differentiable: bool = False,
 ) -> Tensor:
     """TD(lambda) returns: G_t = r_t + gamma * (1 - terminated_t) * ((1 - lambda) V(s_{t+1}) + lambda * G_{t+1}).
 
     At a done step or the last step G_{t+1} is replaced by V(s_{t+1}) (no information crosses episodes).
+    ``terminated`` may be a probability (a world model's predicted end of episode). With ``differentiable``
+    gradients flow into rewards, values and terminations (Dreamer's dynamics backpropagation); otherwise the
+    returns are constants, as for every other target.
     """
-    not_terminated = 1.0 - terminated.to(rewards.dtype)
-    not_done = 1.0 - dones.to(rewards.dtype)
-    out = torch.empty_like(rewards)
-    nxt = next_values[-1]
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        if t == rewards.shape[0] - 1:
-            tail = next_values[t]
-        else:
-            tail = not_done[t] * ((1 - lmbda) * next_values[t] + lmbda * nxt) + (1 - not_done[t]) * next_values[t]
-        nxt = rewards[t] + gamma * not_terminated[t] * tail
-        out[t] = nxt
-    return out
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        not_terminated = 1.0 - terminated.to(rewards.dtype)
+        not_done = 1.0 - dones.to(rewards.dtype)
+        out: list[Tensor] = []
+        nxt = next_values[-1]
+        for t in range(rewards.shape[0] - 1, -1, -1):
+            if t == rewards.shape[0] - 1:
+                tail = next_values[t]
+            else:
+                tail = not_done[t] * ((1 - lmbda) * next_values[t] + lmbda * nxt) + (1 - not_done[t]) * next_values[t]
+            nxt = rewards[t] + gamma * not_terminated[t] * tail
+            out.append(nxt)
+        return torch.stack(out[::-1])

@@ -1,0 +1,139 @@
+"""Dreamer V3 update throughput against SheepRL 0.8.4, at equal model sizes, batch and sequence length.
+
+    OMP_NUM_THREADS=1 python benchmarks/dreamer_v3.py [--steps 5] [--sizes XS S] [--profile]
+        [--sheeprl_python /work/peers/sheeprl084/bin/python]
+
+One gradient step = world model + imagination (horizon 15) + actor + critic + slow critic, on a CartPole-v1-shaped
+vector batch (4 observations, 2 discrete actions), batch 16 x sequence 64 (the paper's), on a buffer of random
+rows. Prints gradient steps/s for this project and, when the SheepRL 0.8.4 interpreter exists, for SheepRL's
+``train()`` on the same sizes (run in that interpreter by ``benchmarks/_sheeprl084_dreamer_v3.py``), and the ratio.
+``--profile`` prints where this project's time goes (torch.profiler, top ops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
+
+PEER = Path(__file__).with_name("_sheeprl084_dreamer_v3.py")
+
+
+def make(size: str, batch: int, seq: int, compile_: bool = False):
+    from lightning.fabric import Fabric
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dreamer_v3.agent import build_agent
+    from sheeprl.algos.dreamer_v3.args import DreamerV3Config
+    from sheeprl.algos.dreamer_v3.dreamer_v3 import train
+    from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer
+
+    cfg = OmegaConf.structured(DreamerV3Config)
+    cfg.algo.size = size
+    obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))})
+    fabric = Fabric(accelerator="cpu", devices=1)
+    agent = build_agent(obs_space, gym.spaces.Discrete(2), cfg)
+    groups = (
+        list(agent.world_model.parameters()),
+        list(agent.actor.parameters()),
+        list(agent.critic.parameters()),
+    )
+    opts = tuple(torch.optim.Adam(p, lr=1e-4, fused=True) for p in groups)
+    norm = PercentileNormalizer()
+    if compile_:
+        agent.world_model.rssm.step = torch.compile(agent.world_model.rssm.step, dynamic=False)
+    first = torch.zeros(seq, batch)
+    first[0] = 1
+    batch_ = {
+        "state": torch.randn(seq, batch, 4),
+        "actions": torch.nn.functional.one_hot(torch.randint(2, (seq, batch)), 2).float(),
+        "rewards": torch.ones(seq, batch),
+        "terminated": torch.zeros(seq, batch),
+        "is_first": first,
+    }
+    return lambda: train(fabric, agent, opts, groups, norm, batch_, cfg)
+
+
+def ours(size: str, batch: int, seq: int, steps: int, compile_: bool = False) -> dict[str, float]:
+    fn = make(size, batch, seq, compile_)
+    fn()  # warm-up (allocations, compile)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        fn()
+    return {"grad_steps_per_s": steps / (time.perf_counter() - t0), "per_cpu_s": steps / (time.process_time() - c0)}
+
+
+def sheeprl(python: str, size: str, batch: int, seq: int, steps: int) -> dict[str, float] | None:
+    if not Path(python).exists():
+        return None
+    proc = subprocess.run(
+        [python, str(PEER), size, str(batch), str(seq), str(steps)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(f"  SheepRL 0.8.4 failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return json.loads(lines[-1])
+
+
+def profile(size: str, batch: int, seq: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    fn = make(size, batch, seq)
+    fn()
+    with prof(activities=[ProfilerActivity.CPU]) as p:
+        for _ in range(2):
+            fn()
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--sizes", nargs="+", default=["XS", "S"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="also time --algo.compile")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sheeprl_python", default="/work/peers/sheeprl084/bin/python")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"Dreamer V3 gradient steps/s, batch {args.batch} x sequence {args.seq}, {args.threads} thread(s), CPU")
+    print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
+    for size in args.sizes:
+        # Interleaved: ours, SheepRL, then ours again, so both see the same machine load.
+        peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps)
+        mine = ours(size, args.batch, args.seq, args.steps)
+        line = f"  {size:>3}: this project wall {mine['grad_steps_per_s']:7.3f} cpu {mine['per_cpu_s']:7.3f}"
+        if args.compile:
+            comp = ours(size, args.batch, args.seq, args.steps, True)
+            line += f" | compiled wall {comp['grad_steps_per_s']:7.3f} cpu {comp['per_cpu_s']:7.3f}"
+        if peer:
+            line += (
+                f" | SheepRL 0.8.4 wall {peer['grad_steps_per_s']:7.3f} cpu {peer['per_cpu_s']:7.3f}"
+                f" | ratio wall {mine['grad_steps_per_s'] / peer['grad_steps_per_s']:5.2f}x"
+                f" cpu {mine['per_cpu_s'] / peer['per_cpu_s']:5.2f}x"
+            )
+        print(line, flush=True)
+    if args.profile:
+        profile(args.sizes[0], args.batch, args.seq)
+
+
+if __name__ == "__main__":
+    main()

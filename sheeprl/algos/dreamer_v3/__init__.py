@@ -1,0 +1,1 @@
+"""Dreamer V3 (Hafner et al., 2023)."""

@@ -1,0 +1,204 @@
+"""Dreamer V3's pieces against hand-computed values: symlog, two-hot, balanced KL with free bits, the return
+normalizer, lambda-returns with gradients, the sparse one-hot layers, and the per-env sequence buffer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sheeprl.algos.dreamer_v3.agent import mlp, mlp_sparse, sparse_linear
+from sheeprl.algos.dreamer_v3.loss import (
+    PercentileNormalizer,
+    categorical_kl,
+    kl_loss,
+    make_bins,
+    symexp,
+    symlog,
+    two_hot,
+    two_hot_loss,
+    two_hot_mean,
+)
+from sheeprl.data.sequence import EnvSequenceBuffer
+from sheeprl.utils.returns import lambda_returns
+
+
+def test_symlog_symexp_round_trip_and_values():
+    x = torch.tensor([-1e6, -100.0, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 100.0, 1e6], dtype=torch.float64)
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-9)
+    assert symlog(torch.tensor(math.e - 1)).item() == pytest.approx(1.0)
+    assert symlog(torch.tensor(-(math.e**2 - 1))).item() == pytest.approx(-2.0)
+
+
+def test_two_hot_hand_made():
+    bins = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+    enc = two_hot(torch.tensor([0.25, -1.0, 5.0, -7.0, 1.5]), bins)
+    expected = torch.tensor(
+        [
+            [0, 0, 0.75, 0.25, 0],  # between 0 and 1
+            [0, 1.0, 0, 0, 0],  # exactly on a bin
+            [0, 0, 0, 0, 1.0],  # clipped to the last bin
+            [1.0, 0, 0, 0, 0],  # clipped to the first
+            [0, 0, 0, 0.5, 0.5],
+        ]
+    )
+    assert torch.allclose(enc, expected)
+    # Decoding a head whose softmax is exactly the two-hot gives back symexp of the encoded value.
+    logits = torch.log(expected[:1].clamp_min(1e-30))
+    assert two_hot_mean(logits, bins).item() == pytest.approx(math.expm1(0.25), rel=1e-5)
+
+
+def test_two_hot_255_bins_round_trip_and_loss_minimum():
+    bins = make_bins(255)
+    y = torch.tensor([-300.0, -3.0, 0.0, 0.7, 42.0, 1000.0])
+    enc = two_hot(symlog(y), bins)
+    assert torch.allclose(enc.sum(-1), torch.ones(6))
+    assert torch.allclose(symexp((enc * bins).sum(-1)), y, rtol=1e-4)
+    # The cross-entropy is smallest for the target's own two-hot.
+    good = two_hot_loss(torch.log(enc.clamp_min(1e-12)), y, bins)
+    bad = two_hot_loss(torch.zeros(6, 255), y, bins)
+    assert (good < bad).all()
+
+
+def test_kl_free_bits_and_balancing_hand_made():
+    # one variable, two classes: KL(p||q) = sum p log(p/q)
+    p = torch.tensor([[[0.9, 0.1]]])
+    q = torch.tensor([[[0.5, 0.5]]])
+    kl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert categorical_kl(p, q).item() == pytest.approx(kl, rel=1e-6)
+    # Below the free bits both terms sit at the floor: loss = (0.5 + 0.1) * 1, and no gradient.
+    post = p.clone().requires_grad_(True)
+    prior = q.clone().requires_grad_(True)
+    loss, raw = kl_loss(post, prior, free_nats=1.0, dyn_scale=0.5, rep_scale=0.1)
+    assert loss.item() == pytest.approx(0.6) and raw.item() == pytest.approx(kl, rel=1e-6)
+    loss.sum().backward()
+    assert post.grad.abs().sum() == 0 and prior.grad.abs().sum() == 0
+    # Above the free bits: 0.5 * KL + 0.1 * KL, the dynamics term trains only the prior, the representation term
+    # only the posterior (stop-gradients).
+    post = torch.tensor([[[0.99, 0.01]]], requires_grad=True)
+    prior = torch.tensor([[[0.01, 0.99]]], requires_grad=True)
+    kl2 = 0.99 * math.log(99) + 0.01 * math.log(1 / 99)
+    loss, _ = kl_loss(post, prior, free_nats=1.0, dyn_scale=0.5, rep_scale=0.1)
+    assert loss.item() == pytest.approx(0.6 * kl2, rel=1e-5)
+    post_only = torch.autograd.grad(kl_loss(post, prior, 1.0, 0.0, 0.1)[0].sum(), (post, prior), allow_unused=True)
+    assert post_only[0] is not None and (post_only[1] is None or post_only[1].abs().sum() == 0)
+    prior_only = torch.autograd.grad(kl_loss(post, prior, 1.0, 0.5, 0.0)[0].sum(), (post, prior), allow_unused=True)
+    assert (prior_only[0] is None or prior_only[0].abs().sum() == 0) and prior_only[1] is not None
+
+
+def test_percentile_normalizer():
+    norm = PercentileNormalizer(decay=0.99)
+    x = torch.arange(101, dtype=torch.float32)  # 5th percentile 5, 95th 95
+    norm.update(x)
+    assert torch.allclose(norm.values, torch.tensor([0.05, 0.95]))
+    assert norm.scale().item() == 1.0  # 0.9 < 1: never scales returns up
+    for _ in range(2000):
+        norm.update(x)
+    assert norm.scale().item() == pytest.approx(90.0, rel=1e-3)
+    restored = PercentileNormalizer()
+    restored.load_state_dict(norm.state_dict())
+    assert torch.equal(restored.values, norm.values)
+
+
+def test_lambda_returns_hand_made_and_differentiable():
+    # G_1 = r_1 + g c_2 v_2 ; G_0 = r_0 + g c_1 ((1 - l) v_1 + l G_1)
+    r = torch.tensor([[1.0], [2.0]])
+    v = torch.tensor([[10.0], [20.0]], requires_grad=True)
+    cont = torch.tensor([[1.0], [0.5]])
+    g, lam = 0.9, 0.5
+    out = lambda_returns(r, v, 1 - cont, torch.zeros_like(r), g, lam, differentiable=True)
+    g1 = 2.0 + g * 0.5 * 20.0
+    g0 = 1.0 + g * 1.0 * (0.5 * 10.0 + 0.5 * g1)
+    assert torch.allclose(out, torch.tensor([[g0], [g1]]))
+    out.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    assert not lambda_returns(r, v, 1 - cont, torch.zeros_like(r), g, lam).requires_grad  # default: constants
+
+
+def test_sparse_one_hot_layers_match_dense():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8 + 4 * 5 + 3, 6)
+    h, a = torch.randn(7, 8), torch.randn(7, 3)
+    idx = torch.randint(5, (7, 4))
+    dense = lin(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2), a), -1))
+    assert torch.allclose(sparse_linear(lin, idx, 5, before=h, after=a), dense, atol=1e-5)
+    net = mlp(8 + 20, 16, 2, 3)
+    with torch.no_grad():
+        sparse = mlp_sparse(net, h, idx, 5)
+    assert torch.allclose(sparse, net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1)), atol=1e-5)
+
+
+def _episodes_buffer(n_envs: int = 3, size: int = 40, steps: int = 60, seed: int = 0) -> EnvSequenceBuffer:
+    """Fill a buffer as the loop does: every env ends episodes at random; on an end it writes the final row, then
+    the next episode's first row. ``ep`` records which episode a row belongs to, ``t`` its step in it."""
+    rng = np.random.default_rng(seed)
+    rb = EnvSequenceBuffer(size, n_envs)
+    ep, t = np.zeros(n_envs), np.zeros(n_envs)
+
+    def row(first, ids=None):
+        n = len(first)
+        e = ep if ids is None else ep[ids]
+        tt = t if ids is None else t[ids]
+        rb.add(
+            {
+                "ep": torch.tensor(e, dtype=torch.float32).view(1, n),
+                "t": torch.tensor(tt, dtype=torch.float32).view(1, n),
+                "is_first": torch.tensor(first, dtype=torch.float32).view(1, n),
+            },
+            ids,
+        )
+
+    row(np.ones(n_envs))
+    for _ in range(steps):
+        t += 1
+        done = rng.random(n_envs) < 0.15
+        if done.any():
+            ids = np.flatnonzero(done)
+            row(np.zeros(len(ids)), ids)  # the final observation of the ended episodes
+            ep[done] += 1
+            t[done] = 0
+        row(done.astype(float))
+    return rb
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sequence_buffer_never_crosses_an_episode_unmarked(seed):
+    rb = _episodes_buffer(seed=seed)
+    assert rb.env_full.all()  # the ring wrapped: windows also start mid-episode at the oldest rows
+    batch = rb.sample(32, 12, n_samples=4, generator=torch.Generator().manual_seed(seed))
+    assert batch.shape == (4, 12, 32)
+    ep, t, first = batch["ep"], batch["t"], batch["is_first"]
+    assert (first[:, 0] == 1).all()  # the model restarts at every window's first row
+    changed = ep[:, 1:] != ep[:, :-1]
+    assert (first[:, 1:][changed] == 1).all(), "a window crossed into a new episode without is_first"
+    assert (t[:, 1:][changed] == 0).all()
+    same = ~changed
+    assert (t[:, 1:][same] == t[:, :-1][same] + 1).all()  # consecutive rows of one env and episode
+
+
+def test_sequence_buffer_per_env_positions_and_state_dict():
+    rb = _episodes_buffer(size=200, steps=30)
+    lengths = rb.env_lengths()
+    assert len(rb) == lengths.min() and (lengths >= 31).all()
+    state = rb.state_dict()
+    other = EnvSequenceBuffer(200, 3)
+    other.load_state_dict(state)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, b = rb.sample(5, 8, generator=g1), other.sample(5, 8, generator=g2)
+    assert all(torch.equal(a[k], b[k]) for k in ("ep", "t", "is_first"))
+    with pytest.raises(ValueError, match="sequence_length"):
+        rb.sample(2, 1000)
+
+
+def test_sequence_buffer_memmap_and_uint8(tmp_path):
+    rb = EnvSequenceBuffer(10, 2, memmap=True, memmap_dir=tmp_path)
+    frame = torch.randint(0, 255, (1, 2, 3, 8, 8), dtype=torch.uint8)
+    for _ in range(12):
+        rb.add({"rgb": frame, "is_first": torch.zeros(1, 2)})
+    assert (tmp_path / "rgb.memmap").exists() and rb["rgb"].dtype == torch.uint8
+    out = rb.sample(3, 4)
+    assert out["rgb"].dtype == torch.uint8
+    assert any(torch.equal(out["rgb"][0, 0, 0], frame[0, e]) for e in range(2))
