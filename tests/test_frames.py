@@ -148,6 +148,7 @@ def test_bool_frames_are_bit_packed_and_round_trip():
     td = rb.get(torch.tensor([0]))
     assert td["planes"].dtype == torch.bool and torch.equal(td["planes"][0], x[0])
     assert torch.equal(td["next_planes"][0], x[1])
+    assert rb["terminated"].shape == (10, 1)  # per-row keys read like ReplayBuffer[key]
     assert rb._frames["planes"].dtype == torch.uint8 and rb._frames["planes"].shape[1] == 38
 
 

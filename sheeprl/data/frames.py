@@ -18,6 +18,7 @@ API (the same ``add`` / ``sample`` calls as ``ReplayBuffer``, plus index hooks f
     idx = rb.sample_indices(batch_size * n_samples)  # uniform flat rows of stored transitions
     td = rb.get(idx, sample_next_obs=True)           # TensorDict (len(idx),): rows by index (e.g. a sum tree's)
     rb.valid(idx)                                    # which flat rows currently hold a transition
+    rb["rewards"]                                    # (buffer_size, n_envs, *) storage of a per-row key
     rb.next_row(idx)                                 # the same env's following transition (n-step look-ahead)
 
 ``td[k]`` is the stacked uint8 (or bool) observation ``(..., stack * C, H, W)`` exactly as the agent saw it,
@@ -159,6 +160,13 @@ class FrameReplayBuffer:
 
     def keys(self) -> list[str]:
         return [*self.frame_keys, *self._rows]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        """The ``(buffer_size, n_envs, *)`` storage of a per-row key (as ``ReplayBuffer[key]``; not frame keys)."""
+        try:
+            return self._rows[key]
+        except KeyError:
+            raise KeyError(f"key {key!r} is not a per-row key of the buffer (keys: {sorted(self._rows)})") from None
 
     def _oldest(self) -> int:
         return (self.pos - self._len) % self.buffer_size

@@ -107,6 +107,21 @@ class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, info
 
 
+class ScreenSpace(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Advertise the ALE screen as the observation space of an env made with ``obs_type="ram"``.
+
+    AtariPreprocessing sizes its pooling buffers from the inner observation space but reads the screens from the
+    ALE directly; the observations passing through (RAM) are never used.
+    """
+
+    def __init__(self, env: gym.Env, grayscale: bool) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, grayscale=grayscale)
+        gym.Wrapper.__init__(self, env)
+        height, width = env.unwrapped.ale.getScreenDims()
+        shape = (height, width) if grayscale else (height, width, 3)
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+
+
 class PixelDict(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """``{key: (stack * C, H, W)}`` from frames ``(H, W)``, ``(H, W, C)`` or stacked ``(stack, H, W[, C])``.
 
@@ -179,9 +194,9 @@ def build_atari(
     kwargs.setdefault("repeat_action_probability", float(settings.repeat_action_probability))
     frame_skip = int(settings.frame_skip)
     kwargs.setdefault("frameskip", 1)
-    # The emulator returns a screen on every frame: grayscale is a third of RGB's copy (AtariPreprocessing reads
-    # the screens it pools from the ALE itself).
-    kwargs.setdefault("obs_type", "grayscale" if settings.grayscale else "rgb")
+    # AtariPreprocessing reads the two screens it pools from the ALE itself and ignores what step() returns, so the
+    # emulator returns its 128-byte RAM instead of copying a screen on each of the skipped frames (~10% faster).
+    kwargs.setdefault("obs_type", "ram")
     if kwargs["frameskip"] != 1:
         raise EnvError("Atari preprocessing skips frames itself: set env.frame_skip instead of env.kwargs.frameskip")
     if render_mode is not None:
@@ -200,6 +215,8 @@ def build_atari(
             raise EnvError("Atari preprocessing needs OpenCV: pip install 'sheeprl[atari]'") from err
         # One small resize per step: OpenCV's thread pool only competes with the other envs and torch for cores.
         cv2.setNumThreads(1)
+        if env.unwrapped._obs_type == "ram":
+            env = ScreenSpace(env, bool(settings.grayscale))
         env = gym.wrappers.AtariPreprocessing(
             env,
             noop_max=int(settings.noop_max),
