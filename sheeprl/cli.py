@@ -491,93 +491,11 @@ def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
     return spec, cfg
 
 
-def _ddp_strategy(cfg: Any, accelerator: str) -> Any:
-    """DDP with the run's collective timeout and a backend that takes CPU tensors next to the accelerator's."""
-    from datetime import timedelta
-
-    from lightning.fabric.strategies import DDPStrategy
-
-    from sheeprl.utils.distributed import process_group_backend
-
-    # A rank that hangs (rather than dies) must end the run within a bounded time, not Fabric's hidden default.
-    return DDPStrategy(
-        timeout=timedelta(seconds=cfg.fabric.timeout_s), process_group_backend=process_group_backend(accelerator)
-    )
-
-
 def launch(spec: Any, cfg: Any) -> Any:
-    """Create Fabric and run the entry on every rank (directly when processes already exist under ``fabric run``)."""
-    from lightning.fabric import Fabric
-    from lightning.fabric.connector import _is_using_cli
+    """Create Fabric and run the entry on every rank (see :mod:`sheeprl.launcher`)."""
+    from sheeprl.launcher import launch_run
 
-    if _is_using_cli():
-        # `fabric run` already created the processes and passes its flags through the environment.
-        cli_strategy = os.environ.get("LT_STRATEGY", cfg.fabric.strategy)
-        if cli_strategy in ("auto", "ddp") and _world_size(cfg) > 1:
-            # Fabric would refuse a strategy object next to `--strategy` from the CLI: this one is what "ddp" means,
-            # with the run's timeout and backend.
-            saved = os.environ.pop("LT_STRATEGY", None)
-            try:
-                fabric = Fabric(strategy=_ddp_strategy(cfg, os.environ.get("LT_ACCELERATOR", "auto")))
-            finally:
-                if saved is not None:
-                    os.environ["LT_STRATEGY"] = saved
-        else:
-            fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
-        return spec.load_entry()(fabric, cfg)
-    strategy: Any = cfg.fabric.strategy
-    if strategy in ("auto", "ddp") and cfg.fabric.devices * cfg.fabric.num_nodes > 1:
-        strategy = _ddp_strategy(cfg, cfg.fabric.accelerator)
-    fabric = Fabric(
-        accelerator=cfg.fabric.accelerator,
-        devices=cfg.fabric.devices,
-        num_nodes=cfg.fabric.num_nodes,
-        precision=cfg.fabric.precision,
-        strategy=strategy,
-    )
-    try:
-        result = fabric.launch(spec.load_entry(), cfg)
-    except BaseException:
-        _end_children(fabric, wait_s=0.0)  # a failed run leaves no process behind (a frozen rank included)
-        raise
-    if _end_children(fabric, wait_s=float(cfg.fabric.timeout_s)):
-        raise RunFailed("a process of the run failed (see its output above)")
-    return result
-
-
-class RunFailed(Exception):
-    """The run failed in another process, which printed its own error."""
-
-
-def _end_children(fabric: Any, wait_s: float) -> bool:
-    """Wait up to ``wait_s`` seconds for the processes Fabric's launcher started, then kill what is left.
-
-    Returns whether any of them failed. (Processes started by ``fabric run`` belong to its agent.)
-    """
-    import subprocess
-    import time
-
-    procs: list[subprocess.Popen] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
-    deadline = time.monotonic() + wait_s
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    failed = False
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
-            proc.wait()
-        failed = failed or proc.returncode != 0
-    return failed
-
-
-def _os_error_line(err: OSError) -> str:
-    """``path: cause`` for an OSError (e.g. ``logs/x: Not a directory``)."""
-    path = err.filename if err.filename is not None else ""
-    cause = err.strerror or str(err)
-    return f"{path}: {cause}" if path else cause
+    return launch_run(spec, cfg)
 
 
 # --------------------------------------------------------------------------------------------- help
@@ -677,6 +595,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by 
 
 def _run(spec: Any, cfg: Any) -> int:
     """Launch; a failure during the run ends with one line and a non-zero exit code, not a traceback."""
+    from sheeprl.launcher import RunFailed, is_collective_failure, os_error_line
     from sheeprl.utils.run import RunError
 
     try:
@@ -688,25 +607,16 @@ def _run(spec: Any, cfg: Any) -> int:
     except RunFailed:
         return EXIT_FAILED
     except OSError as err:
-        print(f"sheeprl: error: {_os_error_line(err)}", file=sys.stderr)
+        print(f"sheeprl: error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     except RuntimeError as err:
-        if not _is_collective_failure(err):
+        if not is_collective_failure(err):
             raise  # a bug keeps its traceback
         # A dead or frozen rank: the collective it left fails here (after fabric.timeout_s at worst).
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"sheeprl: error: another process of the run died or hung ({first})", file=sys.stderr)
         return EXIT_FAILED
     return 0
-
-
-def _is_collective_failure(err: RuntimeError) -> bool:
-    """torch.distributed's own errors, or the plain RuntimeError DDP's reducer raises for a gloo/NCCL failure."""
-    import torch.distributed as dist
-
-    text = str(err)
-    markers = ("gloo", "NCCL", "nccl", "Timed out", "Connection closed by peer", "Connection reset by peer")
-    return isinstance(err, dist.DistError) or any(m in text for m in markers)
 
 
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:

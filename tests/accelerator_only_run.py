@@ -52,7 +52,7 @@ def drive_run(fabric, cfg):  # noqa: ANN001, ANN201
 
 
 def main() -> int:
-    from sheeprl import cli
+    from sheeprl import cli, launcher
     from sheeprl.utils import distributed
 
     distributed.process_group_backend = lambda accelerator: BACKEND  # what cli.launch gives Lightning's DDP
@@ -61,7 +61,7 @@ def main() -> int:
     from lightning.fabric import Fabric
 
     spec, cfg = cli.build_config("ppo", sys.argv[2:])
-    fabric = Fabric(accelerator="cpu", devices=2, strategy=cli._ddp_strategy(cfg, "cpu"))
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=launcher.ddp_strategy(cfg, "cpu"))
     fabric.launch(drive_run, cfg)
     return 0
 

@@ -1,0 +1,110 @@
+"""Launching a run: Fabric's strategy (timeout, backend), and no process left behind when the run ends or fails.
+
+``cli.main`` composes and validates the config, then calls :func:`launch_run`; the failures a run can end with
+(a dead or frozen rank, an unwritable folder) are told apart here so that the CLI prints one line for each.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sheeprl.config import world_size
+
+
+def ddp_strategy(cfg: Any, accelerator: str) -> Any:
+    """DDP with the run's collective timeout and a backend that takes CPU tensors next to the accelerator's."""
+    from datetime import timedelta
+
+    from lightning.fabric.strategies import DDPStrategy
+
+    from sheeprl.utils.distributed import process_group_backend
+
+    # A rank that hangs (rather than dies) must end the run within a bounded time, not Fabric's hidden default.
+    return DDPStrategy(
+        timeout=timedelta(seconds=cfg.fabric.timeout_s), process_group_backend=process_group_backend(accelerator)
+    )
+
+
+def launch_run(spec: Any, cfg: Any) -> Any:
+    """Create Fabric and run the entry on every rank (directly when processes already exist under ``fabric run``)."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.connector import _is_using_cli
+
+    if _is_using_cli():
+        # `fabric run` already created the processes and passes its flags through the environment.
+        cli_strategy = os.environ.get("LT_STRATEGY", cfg.fabric.strategy)
+        if cli_strategy in ("auto", "ddp") and world_size(cfg) > 1:
+            # Fabric would refuse a strategy object next to `--strategy` from the CLI: this one is what "ddp" means,
+            # with the run's timeout and backend.
+            saved = os.environ.pop("LT_STRATEGY", None)
+            try:
+                fabric = Fabric(strategy=ddp_strategy(cfg, os.environ.get("LT_ACCELERATOR", "auto")))
+            finally:
+                if saved is not None:
+                    os.environ["LT_STRATEGY"] = saved
+        else:
+            fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
+        return spec.load_entry()(fabric, cfg)
+    strategy: Any = cfg.fabric.strategy
+    if strategy in ("auto", "ddp") and cfg.fabric.devices * cfg.fabric.num_nodes > 1:
+        strategy = ddp_strategy(cfg, cfg.fabric.accelerator)
+    fabric = Fabric(
+        accelerator=cfg.fabric.accelerator,
+        devices=cfg.fabric.devices,
+        num_nodes=cfg.fabric.num_nodes,
+        precision=cfg.fabric.precision,
+        strategy=strategy,
+    )
+    try:
+        result = fabric.launch(spec.load_entry(), cfg)
+    except BaseException:
+        _end_children(fabric, wait_s=0.0)  # a failed run leaves no process behind (a frozen rank included)
+        raise
+    if _end_children(fabric, wait_s=float(cfg.fabric.timeout_s)):
+        raise RunFailed("a process of the run failed (see its output above)")
+    return result
+
+
+class RunFailed(Exception):
+    """The run failed in another process, which printed its own error."""
+
+
+def _end_children(fabric: Any, wait_s: float) -> bool:
+    """Wait up to ``wait_s`` seconds for the processes Fabric's launcher started, then kill what is left.
+
+    Returns whether any of them failed. (Processes started by ``fabric run`` belong to its agent.)
+    """
+    import subprocess
+    import time
+
+    procs: list[subprocess.Popen] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
+    deadline = time.monotonic() + wait_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    failed = False
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            proc.wait()
+        failed = failed or proc.returncode != 0
+    return failed
+
+
+def os_error_line(err: OSError) -> str:
+    """``path: cause`` for an OSError (e.g. ``logs/x: Not a directory``)."""
+    path = err.filename if err.filename is not None else ""
+    cause = err.strerror or str(err)
+    return f"{path}: {cause}" if path else cause
+
+
+def is_collective_failure(err: RuntimeError) -> bool:
+    """torch.distributed's own errors, or the plain RuntimeError DDP's reducer raises for a gloo/NCCL failure."""
+    import torch.distributed as dist
+
+    text = str(err)
+    markers = ("gloo", "NCCL", "nccl", "Timed out", "Connection closed by peer", "Connection reset by peer")
+    return isinstance(err, dist.DistError) or any(m in text for m in markers)
