@@ -178,7 +178,12 @@ def plan(algo: str, rest: Sequence[str]) -> list[RunSpec]:
 
 
 def child_env(threads: int) -> dict[str, str]:
+    import sheeprl
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # The runs import the very sheeprl package this process runs (a source checkout may shadow an installed one).
+    package_root = str(Path(sheeprl.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     if USER_CONFIG_DIRS:  # --config_dir of the parent: the children find the same presets
         env["SHEEPRL_CONFIG_DIR"] = os.pathsep.join(str(d) for d in reversed(USER_CONFIG_DIRS))
     return env
