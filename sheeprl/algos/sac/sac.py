@@ -18,7 +18,6 @@ with a Stochastic Actor"; 2018b, "Soft Actor-Critic Algorithms and Applications"
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
@@ -32,8 +31,10 @@ from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entro
 from sheeprl.data import ReplayBuffer
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.envs.normalization import BatchNormalizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
+from sheeprl.utils.targets import target_copy
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -137,30 +138,31 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
     env_seed = cfg.seed + rank * num_envs
-    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    # The buffer stores raw observations and rewards; `norm` normalizes what the agent sees with today's statistics.
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir), apply_normalization=False)
+    norm = BatchNormalizer(envs, keys)
     action_space = envs.single_action_space
     action_dim = int(np.prod(action_space.shape))
     target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
 
     state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
-    target_critic = copy.deepcopy(critic_raw)
-    if state:
-        target_critic.load_state_dict(state["target_critic"])
-    target_critic.requires_grad_(False)
     actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
-    target_critic.to(device)
+    # After the set-up: the target starts from rank 0's broadcast weights on every rank.
+    target_critic = target_copy(critic, state["target_critic"] if state else None)
     log_alpha = torch.tensor(math.log(a.alpha), device=device, requires_grad=True)
     optimizers = make_optimizers(actor_raw, critic_raw, log_alpha, cfg)
     ratio = Ratio(a.replay_ratio)
     rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
+    gradient_steps = 0  # saved: target_update_every keeps its rhythm across a resume
     if state:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
         for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer"), strict=True):
             opt.load_state_dict(state[name])
         ratio.load_state_dict(state["ratio"])
+        gradient_steps = int(state["gradient_steps"])
         if "buffer" in state:
             # Multi-rank runs save rank 0's buffer only; every rank continues from a copy of it (README).
             rb.load_state_dict(state["buffer"])
@@ -179,6 +181,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             "critic_optimizer": optimizers[1].state_dict(),
             "alpha_optimizer": optimizers[2].state_dict(),
             "ratio": ratio.state_dict(),
+            "gradient_steps": gradient_steps,
         }
         if cfg.checkpoint.save_buffer:
             out["buffer"] = rb.state_dict()
@@ -192,12 +195,11 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     def act(obs: Tensor) -> Tensor:
         with torch.no_grad():
-            return actor_raw(obs.to(device))[0]
+            return actor_raw(norm.obs(obs.to(device)))[0]
 
     def average_alpha_grad(grad: Tensor) -> None:
         grad.copy_(fabric.all_reduce(grad, reduce_op="mean"))
 
-    gradient_steps = 0
     policy_step = run.start_step
     while policy_step < a.total_steps:
         # ---- act, step, store (a ~ uniform during the warm-up, then a ~ pi(.|s))
@@ -209,7 +211,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             if steps > 0:
                 with run.timer("train"):
                     sample = rb.sample(batch_per_rank, n_samples=steps)
-                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    data = norm.batch({k: v.to(device, non_blocking=True) for k, v in sample.items()})
                     for i in range(steps):
                         gradient_steps += 1
                         losses = train(

@@ -18,7 +18,6 @@ DDPG: Lillicrap et al., 2016):
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -30,8 +29,10 @@ from sheeprl.algos.td3.agent import TD3Actor, build_agent
 from sheeprl.algos.td3.loss import actor_loss, critic_loss, critic_target, smoothed_target_actions
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.envs.normalization import BatchNormalizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
+from sheeprl.utils.targets import target_copy
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -88,20 +89,16 @@ def main(fabric: Fabric, cfg: Any) -> None:
     batch_per_rank = a.batch_size // world
 
     env_seed = cfg.seed + rank * num_envs
-    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir), apply_normalization=False)
+    norm = BatchNormalizer(envs, keys)  # the buffer stores raw values; batches are normalized when sampled
     action_space = envs.single_action_space
 
     state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
-    target_actor, target_critic = copy.deepcopy(actor_raw), copy.deepcopy(critic_raw)
-    if state:
-        target_actor.load_state_dict(state["target_actor"])
-        target_critic.load_state_dict(state["target_critic"])
-    target_actor.requires_grad_(False)
-    target_critic.requires_grad_(False)
     actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
-    target_actor.to(device)
-    target_critic.to(device)
+    # After the set-up: the targets start from rank 0's broadcast weights on every rank.
+    target_actor = target_copy(actor, state["target_actor"] if state else None)
+    target_critic = target_copy(critic, state["target_critic"] if state else None)
 
     def adam(params: Any, o: Any) -> torch.optim.Adam:
         # fused: one kernel for all parameters (CPU and CUDA), far less Python per step than the default loop.
@@ -155,7 +152,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     def act(obs: Tensor) -> Tensor:
         """mu(s) plus Gaussian exploration noise, clipped to the action bounds."""
         with torch.no_grad():
-            actions = actor_raw(obs.to(device))
+            actions = actor_raw(norm.obs(obs.to(device)))
         return torch.maximum(torch.minimum(actions + torch.randn_like(actions) * exploration_std, high), low)
 
     policy_step = run.start_step
@@ -169,7 +166,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             if steps > 0:
                 with run.timer("train"):
                     sample = rb.sample(batch_per_rank, n_samples=steps)
-                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    data = norm.batch({k: v.to(device, non_blocking=True) for k, v in sample.items()})
                     for i in range(steps):
                         gradient_steps += 1
                         losses = train(
