@@ -211,14 +211,14 @@ def whole_process(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {"sheeprl": [], "SB3": [], "other": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            row = {"sheeprl": timed(ours_cmd(ROOT, tmp, args.threads), args.threads)}
+            cmds = {"sheeprl": ours_cmd(ROOT, tmp, args.threads)}
             if have_sb3:
-                row["SB3"] = timed([args.sb3_python, "-c", SB3_SCRIPT, str(args.threads)], args.threads)
+                cmds["SB3"] = [args.sb3_python, "-c", SB3_SCRIPT, str(args.threads)]
             if args.repo:
-                row["other"] = timed(ours_cmd(Path(args.repo), tmp, args.threads), args.threads)
-            for k, v in row.items():
-                times[k].append(v)
-            print(f"  round {r + 1}: " + "  ".join(f"{k} {v:6.1f}s" for k, v in row.items()), flush=True)
+                cmds["other"] = ours_cmd(Path(args.repo), tmp, args.threads)
+            for k, cmd in cmds.items():
+                times[k].append(timed(cmd, args.threads))
+                print(f"  round {r + 1}: {k} {times[k][-1]:6.1f}s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     print("  median: " + "  ".join(f"{k} {v:6.1f}s" for k, v in med.items()))
     if "SB3" in med:
