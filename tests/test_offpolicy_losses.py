@@ -9,8 +9,8 @@ import torch
 from sheeprl.algos.droq.loss import actor_loss as droq_actor_loss
 from sheeprl.algos.sac.agent import QEnsemble, SACActor, polyak_update
 from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
-from sheeprl.algos.sac.sac import real_next_obs
 from sheeprl.algos.td3 import loss as td3_loss
+from sheeprl.data.collector import Collector
 from sheeprl.utils.ratio import Ratio
 
 
@@ -127,6 +127,8 @@ def test_real_next_obs_uses_final_observation_at_episode_ends():
         "_final_obs": np.array([False, True]),
         "final_obs": np.array([None, {"state": np.array([9.0, 9.0])}], dtype=object),
     }
-    real = real_next_obs(next_obs, infos, ["state"])
+    collector = Collector.__new__(Collector)
+    collector.obs_fn = lambda o: torch.as_tensor(o["state"], dtype=torch.float32)
+    real = collector._real_next(next_obs, infos)
     assert torch.equal(real, torch.tensor([[1.0, 1.0], [9.0, 9.0]]))
     assert torch.equal(next_obs[1], torch.tensor([2.0, 2.0]))  # the observation the policy acts on is untouched

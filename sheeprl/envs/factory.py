@@ -280,12 +280,15 @@ def make_vector_env(
     run_dir: str | None = None,
     capture_video: bool | None = None,
     training: bool = True,
+    apply_normalization: bool = True,
 ) -> VectorEnv:
     """The vectorized env of a run (see the :mod:`sheeprl.envs` docstring for what step returns).
 
     Call ``envs.reset(seed=seed)`` once first: sub-env ``i`` is then seeded with ``seed + i``.
     ``training=False`` (evaluation envs) freezes observation statistics and turns reward normalization off;
-    load the training statistics with ``set_env_state``. With ``capture_video`` (default ``env.capture_video``;
+    load the training statistics with ``set_env_state``. ``apply_normalization=False`` (off-policy training)
+    keeps the statistics updating but returns raw observations and rewards, for a buffer that normalizes batches
+    when it samples them (``sheeprl.envs.normalization.BatchNormalizer``). With ``capture_video`` (default ``env.capture_video``;
     pass False on ranks > 0) sub-env 0 records into ``<run_dir>/videos/{train|eval}-episode-<n>.mp4``.
     """
     num_envs = int(cfg.env.num_envs if num_envs is None else num_envs)
@@ -318,7 +321,10 @@ def make_vector_env(
     if cfg.env.normalize_observation:
         keys = _float_keys(envs.single_observation_space, list(cfg.algo.mlp_keys.encoder))
         if keys:
-            envs = NormalizeDictObservation(envs, keys, clip=cfg.env.clip_observation, training=training)
+            envs = NormalizeDictObservation(
+                envs, keys, clip=cfg.env.clip_observation, training=training, apply=apply_normalization
+            )
     if cfg.env.normalize_reward and training:
-        envs = NormalizeReward(envs, gamma=float(cfg.algo.get("gamma", 0.99)), clip=cfg.env.clip_reward)
+        gamma = float(cfg.algo.get("gamma", 0.99))
+        envs = NormalizeReward(envs, gamma=gamma, clip=cfg.env.clip_reward, apply=apply_normalization)
     return envs

@@ -78,13 +78,21 @@ class NormalizeDictObservation(VectorWrapper):
     Statistics update on every ``reset``/``step`` while ``training`` is true. Observations returned by
     ``step``/``reset`` are normalized in place: the wrapped vector env must return fresh arrays
     (Gymnasium's vector envs do with ``copy=True``, their default). ``infos["final_obs"]`` dicts are
-    replaced by normalized copies.
+    replaced by normalized copies. With ``apply=False`` the statistics still update but the observations come
+    back raw: a replay buffer stores them so and normalizes at sampling time (:class:`BatchNormalizer`).
     """
 
     def __init__(
-        self, env: VectorEnv, keys: Sequence[str], clip: float = 10.0, epsilon: float = 1e-8, training: bool = True
+        self,
+        env: VectorEnv,
+        keys: Sequence[str],
+        clip: float = 10.0,
+        epsilon: float = 1e-8,
+        training: bool = True,
+        apply: bool = True,
     ) -> None:
         super().__init__(env)
+        self.apply = bool(apply)
         space = env.single_observation_space
         if not isinstance(space, spaces.Dict):
             raise TypeError("NormalizeDictObservation needs Dict observations")
@@ -119,11 +127,13 @@ class NormalizeDictObservation(VectorWrapper):
             if self.training:
                 self.rms[key].update(x)
                 self._refresh(key)
+            if not self.apply:
+                continue
             x -= self.rms[key].mean
             x *= self._scales[key]
             _clip_(x, self.clip)
         final_obs = infos.get("final_obs")
-        if final_obs is not None:
+        if final_obs is not None and self.apply:
             # Done steps only, so a Python loop over the finished envs is cheap.
             for i in np.flatnonzero(infos["_final_obs"]):
                 final_obs[i] = self.normalize(final_obs[i])
@@ -159,13 +169,21 @@ class NormalizeDictObservation(VectorWrapper):
 class NormalizeReward(VectorWrapper):
     """Scale rewards by the running std of each env's discounted return, clipped to ``+-clip``.
 
-    The per-env return ``G <- gamma * G + r`` is reset to 0 when an episode ends (or on ``reset``).
+    The per-env return ``G <- gamma * G + r`` is reset to 0 when an episode ends (or on ``reset``). With
+    ``apply=False`` the statistics still update but the rewards come back raw (see NormalizeDictObservation).
     """
 
     def __init__(
-        self, env: VectorEnv, gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8, training: bool = True
+        self,
+        env: VectorEnv,
+        gamma: float = 0.99,
+        clip: float = 10.0,
+        epsilon: float = 1e-8,
+        training: bool = True,
+        apply: bool = True,
     ) -> None:
         super().__init__(env)
+        self.apply = bool(apply)
         self.gamma = float(gamma)
         self.clip = float(clip)
         self.epsilon = float(epsilon)
@@ -188,10 +206,14 @@ class NormalizeReward(VectorWrapper):
         self.returns += rewards
         if self.training:
             self.rms.update(self.returns)
-        rewards = rewards * (float(self.rms.var) + self.epsilon) ** -0.5
-        _clip_(rewards, self.clip)
+        if self.apply:
+            rewards = _clip_(rewards * self.scale(), self.clip)
         self.returns[terminations | truncations] = 0.0
         return obs, rewards, terminations, truncations, infos
+
+    def scale(self) -> float:
+        """The factor rewards are multiplied by (before clipping): 1 / std of the discounted return."""
+        return (float(self.rms.var) + self.epsilon) ** -0.5
 
     def state_dict(self) -> dict[str, Any]:
         return {"return_rms": self.rms.state_dict(), "returns": self.returns.tolist()}
@@ -255,3 +277,71 @@ def normalize_obs(envs: VectorEnv, obs: dict[str, Any]) -> dict[str, Any]:
     """``obs`` normalized with the current statistics of ``envs`` (a copy); ``obs`` itself if none."""
     obs_norm = find_wrapper(envs, NormalizeDictObservation)
     return obs if obs_norm is None else obs_norm.normalize(obs)
+
+
+class BatchNormalizer:
+    """Normalizes flat observation vectors and rewards with the CURRENT statistics of ``envs``' wrappers.
+
+    Off-policy buffers store raw observations and rewards (``make_vector_env(..., apply_normalization=False)``);
+    what the agent sees, when acting and in every sampled batch, is normalized here with the statistics of the
+    moment, as Stable-Baselines3's ``VecNormalize`` does, so old transitions never keep a stale scaling. ``keys``
+    are the observation keys in the order they are concatenated into the flat vector; the keys that the
+    observation wrapper normalizes are normalized (and clipped) exactly as it would, the others pass through.
+    Without normalization wrappers every method returns its input unchanged.
+    """
+
+    def __init__(
+        self, envs: VectorEnv, keys: Sequence[str], obs_keys: Sequence[str] = ("observations", "next_observations")
+    ) -> None:
+        self._obs = find_wrapper(envs, NormalizeDictObservation)
+        self._rew = find_wrapper(envs, NormalizeReward)
+        self.obs_keys = tuple(obs_keys)
+        self.enabled = self._obs is not None or self._rew is not None
+        space = envs.single_observation_space
+        self._slices: list[tuple[str, int, int]] = []
+        start = 0
+        for key in keys:
+            size = int(np.prod(space[key].shape))
+            if self._obs is not None and key in self._obs.keys:
+                self._slices.append((key, start, start + size))
+            start += size
+        self._dim = start
+
+    def _obs_stats(self) -> tuple[Any, Any, Any]:
+        import torch
+
+        assert self._obs is not None
+        mean = torch.zeros(self._dim, dtype=torch.float64)
+        scale = torch.ones(self._dim, dtype=torch.float64)
+        bound = torch.full((self._dim,), float("inf"), dtype=torch.float64)
+        for key, a, b in self._slices:
+            mean[a:b] = torch.from_numpy(np.asarray(self._obs.rms[key].mean, dtype=np.float64).reshape(-1))
+            scale[a:b] = torch.from_numpy(np.asarray(self._obs._scales[key], dtype=np.float64).reshape(-1))
+            bound[a:b] = self._obs.clip
+        return mean, scale, bound
+
+    def obs(self, x: Any) -> Any:
+        """``(..., D)`` flat observations (a tensor) normalized with the current statistics."""
+        if self._obs is None:
+            return x
+        mean, scale, bound = (t.to(x.device, x.dtype) for t in self._obs_stats())
+        return ((x - mean) * scale).clamp(-bound, bound)
+
+    def rewards(self, r: Any) -> Any:
+        """Rewards scaled by the current 1 / std of the discounted return and clipped, as the wrapper would."""
+        if self._rew is None:
+            return r
+        return (r * self._rew.scale()).clamp(-self._rew.clip, self._rew.clip)
+
+    def batch(self, batch: Any) -> Any:
+        """A copy of a sampled batch (dict or TensorDict) with its observation keys and rewards normalized."""
+        if not self.enabled:
+            return batch
+        out = batch.copy()
+        if self._obs is not None:
+            for key in self.obs_keys:
+                if key in out.keys():
+                    out[key] = self.obs(out[key])
+        if self._rew is not None and "rewards" in out.keys():
+            out["rewards"] = self.rewards(out["rewards"])
+        return out

@@ -15,7 +15,6 @@ Algorithm (Hiraoka et al., 2022, "Dropout Q-Functions for Doubly Efficient Reinf
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -25,12 +24,14 @@ from torch import Tensor
 
 from sheeprl.algos.droq.agent import build_agent
 from sheeprl.algos.droq.loss import actor_loss, critic_loss, critic_target, entropy_loss
-from sheeprl.algos.sac.agent import QEnsemble, flat_obs, polyak_update
-from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs
+from sheeprl.algos.sac.agent import QEnsemble, polyak_update
+from sheeprl.algos.sac.sac import make_buffer, make_optimizers
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.envs.normalization import BatchNormalizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import obs_to_torch
+from sheeprl.utils.targets import target_copy
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -103,24 +104,22 @@ def main(fabric: Fabric, cfg: Any) -> None:
     batch_per_rank = a.batch_size // world
 
     env_seed = cfg.seed + rank * num_envs
-    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir), apply_normalization=False)
+    norm = BatchNormalizer(envs, keys)  # the buffer stores raw values; batches are normalized when sampled
     action_space = envs.single_action_space
     action_dim = int(np.prod(action_space.shape))
     target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
 
     state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
-    target_critic = copy.deepcopy(critic_raw)
-    if state:
-        target_critic.load_state_dict(state["target_critic"])
-    target_critic.requires_grad_(False)
     actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
-    target_critic.to(device)
+    target_critic = target_copy(critic, state["target_critic"] if state else None)  # after the broadcast
     log_alpha = torch.tensor(math.log(a.alpha), device=device, requires_grad=True)
     optimizers = make_optimizers(actor_raw, critic_raw, log_alpha, cfg)
     critic_ratio, actor_ratio = Ratio(a.replay_ratio), Ratio(a.actor_replay_ratio)
     rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
+    critic_steps = 0  # saved: target_update_every keeps its rhythm across a resume
     if state:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
@@ -128,6 +127,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             opt.load_state_dict(state[name])
         critic_ratio.load_state_dict(state["ratio"])
         actor_ratio.load_state_dict(state["actor_ratio"])
+        critic_steps = int(state["critic_steps"])
         if "buffer" in state:
             rb.load_state_dict(state["buffer"])
         else:
@@ -145,42 +145,25 @@ def main(fabric: Fabric, cfg: Any) -> None:
             "alpha_optimizer": alpha_opt.state_dict(),
             "ratio": critic_ratio.state_dict(),
             "actor_ratio": actor_ratio.state_dict(),
+            "critic_steps": critic_steps,
         }
         if cfg.checkpoint.save_buffer:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs = run.reset_envs(envs, env_seed)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
-    policy_step = run.start_step
-    critic_steps = 0
-    while policy_step < a.total_steps:
-        policy_step += num_envs * world
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts, world_size=world
+    )
 
-        # ---- act, step, store
-        with run.timer("env"):
-            if policy_step <= a.learning_starts:
-                actions = low + torch.rand(num_envs, action_dim) * (high - low)
-            else:
-                with torch.no_grad():
-                    actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(
-                actions.view(num_envs, *action_space.shape).numpy()
-            )
-            next_t = flat_obs(obs_to_torch(next_obs), keys)
-            rb.add(
-                {
-                    "observations": obs_t[None],
-                    "next_observations": real_next_obs(next_t, infos, keys)[None],
-                    "actions": actions[None],
-                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                }
-            )
-            obs_t = next_t
-            run.record_episodes(infos)
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor_raw(norm.obs(obs.to(device)))[0]
+
+    policy_step = run.start_step
+    while policy_step < a.total_steps:
+        # ---- act, step, store (a ~ uniform during the warm-up, then a ~ pi(.|s))
+        policy_step = collector.step(act)
 
         # ---- learn: G critic steps per policy step, then the actor
         if policy_step > train_from:
@@ -188,7 +171,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             with run.timer("train"):
                 if n_critic > 0:
                     sample = rb.sample(batch_per_rank, n_samples=n_critic)
-                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    data = norm.batch({k: v.to(device, non_blocking=True) for k, v in sample.items()})
                     for i in range(n_critic):
                         critic_steps += 1
                         q_loss = train_critic(
@@ -204,7 +187,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                         )
                     run.metrics.update("Loss/value_loss", q_loss)
                 if n_actor > 0:
-                    obs_batches = rb.sample(batch_per_rank, n_samples=n_actor)["observations"].to(device)
+                    obs_batches = norm.obs(rb.sample(batch_per_rank, n_samples=n_actor)["observations"].to(device))
                     for i in range(n_actor):
                         pi_loss, alpha_loss = train_actor(
                             fabric,

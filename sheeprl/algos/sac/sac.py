@@ -18,7 +18,6 @@ with a Stochastic Actor"; 2018b, "Soft Actor-Critic Algorithms and Applications"
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
@@ -27,14 +26,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, flat_obs, polyak_update
+from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, polyak_update
 from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.envs.normalization import BatchNormalizer
 from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
+from sheeprl.utils.targets import target_copy
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -119,17 +120,6 @@ def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> Repl
     )
 
 
-def real_next_obs(next_obs: Tensor, infos: dict[str, Any], keys: Any) -> Tensor:
-    """``next_obs`` with the real final observation where an episode ended (SAME_STEP autoreset put the next
-    episode's first observation there), so that a truncated transition bootstraps from where it really ended."""
-    if "_final_obs" not in infos or not infos["_final_obs"].any():
-        return next_obs
-    done = infos["_final_obs"]
-    real = next_obs.clone()
-    real[torch.from_numpy(np.flatnonzero(done))] = flat_obs(obs_to_torch(final_obs_batch(infos, done, keys)), keys)
-    return real
-
-
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
     a = cfg.algo
@@ -142,30 +132,31 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
     env_seed = cfg.seed + rank * num_envs
-    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    # The buffer stores raw observations and rewards; `norm` normalizes what the agent sees with today's statistics.
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir), apply_normalization=False)
+    norm = BatchNormalizer(envs, keys)
     action_space = envs.single_action_space
     action_dim = int(np.prod(action_space.shape))
     target_entropy = float(a.target_entropy) if a.target_entropy is not None else -float(action_dim)
 
     state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
-    target_critic = copy.deepcopy(critic_raw)
-    if state:
-        target_critic.load_state_dict(state["target_critic"])
-    target_critic.requires_grad_(False)
     actor, critic = fabric.setup_module(actor_raw), fabric.setup_module(critic_raw)
-    target_critic.to(device)
+    # After the set-up: the target starts from rank 0's broadcast weights on every rank.
+    target_critic = target_copy(critic, state["target_critic"] if state else None)
     log_alpha = torch.tensor(math.log(a.alpha), device=device, requires_grad=True)
     optimizers = make_optimizers(actor_raw, critic_raw, log_alpha, cfg)
     ratio = Ratio(a.replay_ratio)
     rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
+    gradient_steps = 0  # saved: target_update_every keeps its rhythm across a resume
     if state:
         with torch.no_grad():
             log_alpha.copy_(state["log_alpha"])
         for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer"), strict=True):
             opt.load_state_dict(state[name])
         ratio.load_state_dict(state["ratio"])
+        gradient_steps = int(state["gradient_steps"])
         if "buffer" in state:
             # Multi-rank runs save rank 0's buffer only; every rank continues from a copy of it (README).
             rb.load_state_dict(state["buffer"])
@@ -184,46 +175,28 @@ def main(fabric: Fabric, cfg: Any) -> None:
             "critic_optimizer": optimizers[1].state_dict(),
             "alpha_optimizer": optimizers[2].state_dict(),
             "ratio": ratio.state_dict(),
+            "gradient_steps": gradient_steps,
         }
         if cfg.checkpoint.save_buffer:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs = run.reset_envs(envs, env_seed)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
-    policy_step = run.start_step
-    gradient_steps = 0
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts, world_size=world
+    )
+
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor_raw(norm.obs(obs.to(device)))[0]
 
     def average_alpha_grad(grad: Tensor) -> None:
         grad.copy_(fabric.all_reduce(grad, reduce_op="mean"))
 
+    policy_step = run.start_step
     while policy_step < a.total_steps:
-        policy_step += num_envs * world
-
-        # ---- act, step, store
-        with run.timer("env"):
-            if policy_step <= a.learning_starts:
-                actions = low + torch.rand(num_envs, action_dim) * (high - low)
-            else:
-                with torch.no_grad():
-                    actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(
-                actions.view(num_envs, *action_space.shape).numpy()
-            )
-            next_t = flat_obs(obs_to_torch(next_obs), keys)
-            rb.add(
-                {
-                    "observations": obs_t[None],
-                    "next_observations": real_next_obs(next_t, infos, keys)[None],
-                    "actions": actions[None],
-                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                }
-            )
-            obs_t = next_t
-            run.record_episodes(infos)
+        # ---- act, step, store (a ~ uniform during the warm-up, then a ~ pi(.|s))
+        policy_step = collector.step(act)
 
         # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
         if policy_step > train_from:
@@ -231,7 +204,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             if steps > 0:
                 with run.timer("train"):
                     sample = rb.sample(batch_per_rank, n_samples=steps)
-                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    data = norm.batch({k: v.to(device, non_blocking=True) for k, v in sample.items()})
                     for i in range(steps):
                         gradient_steps += 1
                         losses = train(

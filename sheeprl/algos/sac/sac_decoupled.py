@@ -20,7 +20,6 @@ actor then lags the trainers by at most that many steps.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +28,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import build_agent, flat_obs
-from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs, train
+from sheeprl.algos.sac.agent import build_agent
+from sheeprl.algos.sac.sac import make_buffer, make_optimizers, train
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.envs.normalization import BatchNormalizer
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import obs_to_torch
+from sheeprl.utils.targets import target_copy
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -65,9 +66,9 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     device = fabric.device
     num_envs = cfg.env.num_envs
     keys = list(a.mlp_keys.encoder)
-    envs = make_vector_env(cfg, seed=cfg.seed, run_dir=str(run.log_dir))
+    envs = make_vector_env(cfg, seed=cfg.seed, run_dir=str(run.log_dir), apply_normalization=False)
+    norm = BatchNormalizer(envs, keys)  # the buffer stores raw values; batches are normalized when sampled
     action_space = envs.single_action_space
-    action_dim = int(np.prod(action_space.shape))
     actor, _ = build_agent(envs.single_observation_space, action_space, cfg, run.state)
     actor = actor.to(device).eval()
     comm.sync_weights(actor)  # start from the trainers' weights (identical after a resume)
@@ -87,45 +88,27 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs = run.reset_envs(envs, cfg.seed)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
+    collector = Collector(envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts)
+
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor(norm.obs(obs.to(device)))[0]
+
     policy_step = run.start_step
     while policy_step < a.total_steps:
         round_steps = round_length(cfg, policy_step)
 
         # ---- act, step, store (as in sac.py)
-        with run.timer("env"):
-            for _ in range(round_steps):
-                policy_step += num_envs
-                if policy_step <= a.learning_starts:
-                    actions = low + torch.rand(num_envs, action_dim) * (high - low)
-                else:
-                    with torch.no_grad():
-                        actions = actor(obs_t.to(device))[0].cpu()
-                next_obs, rewards, terminated, truncated, infos = envs.step(
-                    actions.view(num_envs, *action_space.shape).numpy()
-                )
-                next_t = flat_obs(obs_to_torch(next_obs), keys)
-                rb.add(
-                    {
-                        "observations": obs_t[None],
-                        "next_observations": real_next_obs(next_t, infos, keys)[None],
-                        "actions": actions[None],
-                        "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                        "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                    }
-                )
-                obs_t = next_t
-                run.record_episodes(infos)
+        for _ in range(round_steps):
+            policy_step = collector.step(act)
 
         # ---- hand G batches to the trainers, wait for the updated actor
         steps = gradient_steps_due(ratio, policy_step, round_steps * num_envs, train_from)
         if steps > 0:
             with run.timer("train"):
                 # (batch, G): the first dim is split among the trainers, the second indexes the gradient steps.
-                comm.send_batch(rb.sample(a.batch_size, n_samples=steps).permute(1, 0))
+                comm.send_batch(norm.batch(rb.sample(a.batch_size, n_samples=steps)).permute(1, 0))
                 comm.sync_weights(actor)
 
         # ---- the collectives every rank runs in the same order: log, checkpoint, Ctrl-C
@@ -167,12 +150,13 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
 
     actor_raw, critic_raw = build_agent(obs_space, action_space, cfg, run.state)
     actor, critic = comm.wrap_ddp(actor_raw), comm.wrap_ddp(critic_raw)  # DDP copies trainer 1's weights
-    target_critic = copy.deepcopy(critic_raw).requires_grad_(False)  # after DDP: the same on every trainer
+    target_critic = target_copy(critic, run.state["target_critic"] if run.state else None)  # after DDP's broadcast
     log_alpha = torch.tensor(math.log(a.alpha), device=device, requires_grad=True)
     optimizers = make_optimizers(actor_raw, critic_raw, log_alpha, cfg)
     ratio = Ratio(a.replay_ratio)
+    gradient_steps = 0  # saved: target_update_every keeps its rhythm across a resume
     if run.state:
-        target_critic.load_state_dict(run.state["target_critic"])
+        gradient_steps = int(run.state["gradient_steps"])
         with torch.no_grad():
             log_alpha.copy_(run.state["log_alpha"])
         for opt, name in zip(optimizers, ("actor_optimizer", "critic_optimizer", "alpha_optimizer"), strict=True):
@@ -189,10 +173,10 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             "actor_optimizer": optimizers[0].state_dict(),
             "critic_optimizer": optimizers[1].state_dict(),
             "alpha_optimizer": optimizers[2].state_dict(),
+            "gradient_steps": gradient_steps,
         }
 
     policy_step = run.start_step
-    gradient_steps = 0
     run.restore_rank_state()
     while policy_step < a.total_steps:
         round_steps = round_length(cfg, policy_step)
