@@ -43,6 +43,10 @@ def run_episodes(
 ) -> dict[str, list[float]]:
     """Play ``episodes`` episodes with ``act(obs) -> actions`` on one fresh env.
 
+    A stateful policy (e.g. recurrent) may have a ``reset(mask=None)`` method: it is called once before the
+    first step and with the boolean mask of the envs whose episode ended after every step that ended one, so
+    the next episode starts from a fresh state (the env autoresets in the same step).
+
     ``env_state`` carries the training run's normalization statistics (frozen here). Returns the
     raw (unnormalized) returns and lengths.
     """
@@ -54,10 +58,15 @@ def run_episodes(
     returns: list[float] = []
     lengths: list[float] = []
     try:
+        reset = getattr(act, "reset", None)
+        if reset is not None:
+            reset()
         obs, _ = envs.reset(seed=seed)
         while len(returns) < episodes:
             actions = act(obs_to_torch(obs, device))
-            obs, _, _, _, infos = envs.step(actions.cpu().numpy())
+            obs, _, terminated, truncated, infos = envs.step(actions.cpu().numpy())
+            if reset is not None and (terminated | truncated).any():
+                reset(torch.from_numpy(terminated | truncated))
             if "episode" in infos:
                 for i in np.flatnonzero(infos["_episode"]):
                     returns.append(float(infos["episode"]["r"][i]))

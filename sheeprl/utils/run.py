@@ -93,6 +93,8 @@ class Run:
         self._timers: dict[str, float] = {}
         self._window_start_step = self.start_step
         self._interrupted = False
+        # Per-rank state an algorithm adds to every checkpoint (e.g. the recurrent state of its envs).
+        self.extra_rank_state: Optional[Callable[[], dict[str, Any]]] = None
         self._install_sigint()
         if self.is_logger:
             where = f"resuming from step {self.start_step}" if resume else "logging"
@@ -170,7 +172,15 @@ class Run:
     def rank_state(self, envs: Any = None) -> dict[str, Any]:
         from sheeprl.envs import get_env_state
 
-        return {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
+        state = {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
+        if self.extra_rank_state is not None:
+            state["extra"] = self.extra_rank_state()
+        return state
+
+    def saved_rank_state(self) -> dict[str, Any]:
+        """What :attr:`extra_rank_state` returned on this rank when the resumed checkpoint was saved ({} if none)."""
+        ranks = self.state.get("ranks", []) if self.state else []
+        return dict(ranks[self.rank].get("extra", {})) if self.rank < len(ranks) else {}
 
     def restore_rank_state(self, envs: Any = None) -> None:
         """After a resume: this rank's RNG streams and env normalization statistics come back."""
