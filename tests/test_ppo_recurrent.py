@@ -108,9 +108,11 @@ def test_padded_steps_carry_zero_weight():
         logp, ent, v = agent({"state": s["state"]}, s["actions"], s["rnn_states"][0], s["is_first"])
         m = s["mask"]
         logp = logp + 0.1 * v  # a ratio != 1, so the clipping matters
-        loss = policy_loss(logp, s["logprobs"], s["advantages"], 0.2, m) + value_loss(
-            v, s["values"], s["returns"], 0.2, True, m
-        ) + 0.01 * entropy_loss(ent, m)
+        loss = (
+            policy_loss(logp, s["logprobs"], s["advantages"], 0.2, m)
+            + value_loss(v, s["values"], s["returns"], 0.2, True, m)
+            + 0.01 * entropy_loss(ent, m)
+        )
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in agent.parameters() if p.grad is not None]
 
@@ -122,7 +124,7 @@ def test_padded_steps_carry_zero_weight():
     garbage["state"][pad] = 7.0
     loss2, grads2 = loss_and_grads(garbage)
     assert torch.equal(loss, loss2)
-    for g, g2 in zip(grads, grads2):
+    for g, g2 in zip(grads, grads2, strict=True):
         torch.testing.assert_close(g, g2)
     # The masked losses are the plain losses over the real steps only.
     logp, _, v = agent({"state": seqs["state"]}, seqs["actions"], seqs["rnn_states"][0], seqs["is_first"])
@@ -176,7 +178,10 @@ def test_evaluation_policy_resets_its_state_at_every_episode():
     policy = RecurrentPolicy(agent)
     flags = []
     step = agent.policy_step
-    agent.policy_step = lambda obs, state, is_first, greedy: (flags.append(bool(is_first[0])), step(obs, state, is_first, greedy))[1]  # noqa: E731,E501
+    agent.policy_step = lambda obs, state, is_first, greedy: (
+        flags.append(bool(is_first[0])),
+        step(obs, state, is_first, greedy),
+    )[1]  # noqa: E731,E501
     result = run_episodes(cfg, policy, 3, seed=0)
     lengths = [int(n) for n in result["lengths"]]
     # The state is reset on the first step of each episode and nowhere else.
@@ -267,7 +272,5 @@ def test_memory_solves_cartpole_without_velocities(cli, tmp_path, seed):
 @pytest.mark.learning
 def test_feedforward_ppo_stays_far_below_without_velocities(cli, tmp_path):
     """The control: feed-forward PPO on the same masked env and budget stays far below (no memory, no velocity)."""
-    step, value, out = greedy_return(
-        cli, tmp_path, "ppo", "exp=ppo_recurrent_cartpole_novel", "algo=ppo", "algo.name=ppo", "--seed", "1"
-    )
+    step, value, out = greedy_return(cli, tmp_path, "exp=ppo_cartpole_novel", "--seed", "1")
     assert step == 100_000 and value < 200.0, out

@@ -38,7 +38,14 @@ def num_sequences(cfg: Any) -> int:
 def validate(cfg: Any) -> None:
     """Checks run by the CLI before anything is written."""
     a = cfg.algo
-    for key in ("rollout_steps", "update_epochs", "minibatch_size", "dense_units", "sequence_length", "rnn_hidden_size"):
+    for key in (
+        "rollout_steps",
+        "update_epochs",
+        "minibatch_size",
+        "dense_units",
+        "sequence_length",
+        "rnn_hidden_size",
+    ):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
     if a.mlp_layers < 0:
