@@ -27,22 +27,12 @@ class RecurrentPPOAgent(PPOAgent):
         super().__init__(obs_space, action_space, cfg)
         feat, hidden_size = self.encoder.output_dim, int(cfg.rnn_hidden_size)
         self.rnn_type = cfg.rnn_type
-        if self.rnn_type == "lstm":
-            self.cell: nn.Module = nn.LSTMCell(feat, hidden_size)
-        elif self.rnn_type == "gru":
-            self.cell = nn.GRUCell(feat, hidden_size)
-        elif self.rnn_type == "ln_gru":
-            self.cell = LayerNormGRUCell(feat, hidden_size)
-        else:
-            raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose one of {RNN_TYPES}")
-        if cfg.ortho_init and self.rnn_type != "ln_gru":
-            for name, param in self.cell.named_parameters():  # CleanRL's ppo_atari_lstm initialization
-                if "bias" in name:
-                    nn.init.zeros_(param)
-                else:
-                    nn.init.orthogonal_(param, 1.0)
+        self.cell = self._make_cell(feat, hidden_size, cfg.ortho_init)
+        # sb3-contrib's default: the critic has its own core, so value gradients do not reshape the policy's memory.
+        self.critic_cell = self._make_cell(feat, hidden_size, cfg.ortho_init) if cfg.critic_rnn else None
         self.hidden_size = hidden_size
-        self.state_size = 2 * hidden_size if self.rnn_type == "lstm" else hidden_size
+        self.cell_state_size = 2 * hidden_size if self.rnn_type == "lstm" else hidden_size
+        self.state_size = self.cell_state_size * (2 if cfg.critic_rnn else 1)
         # The heads read the core's output instead of the encoder's features.
         hidden = [cfg.dense_units] * cfg.mlp_layers
         out = sum(self.nvec) if self.nvec else self.action_dim
@@ -51,25 +41,55 @@ class RecurrentPPOAgent(PPOAgent):
 
     # ----------------------------------------------------------------------------------- recurrent core
 
+    def _make_cell(self, feat: int, hidden_size: int, ortho_init: bool) -> nn.Module:
+        if self.rnn_type == "lstm":
+            cell: nn.Module = nn.LSTMCell(feat, hidden_size)
+        elif self.rnn_type == "gru":
+            cell = nn.GRUCell(feat, hidden_size)
+        elif self.rnn_type == "ln_gru":
+            cell = LayerNormGRUCell(feat, hidden_size)
+        else:
+            raise ValueError(f"unknown rnn_type {self.rnn_type!r}; choose one of {RNN_TYPES}")
+        if ortho_init and self.rnn_type != "ln_gru":
+            for name, param in cell.named_parameters():  # CleanRL's ppo_atari_lstm initialization
+                if "bias" in name:
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.orthogonal_(param, 1.0)
+        return cell
+
+    def _step(self, cell: nn.Module, feat: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rnn_type == "lstm":
+            h, c = cell(feat, tuple(state.chunk(2, dim=-1)))
+            return h, torch.cat((h, c), dim=-1)
+        h = cell(feat, state)
+        return h, h
+
     def initial_state(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         return torch.zeros(n, self.state_size, device=device)
 
-    def core(self, feat: Tensor, state: Tensor, is_first: Tensor) -> tuple[Tensor, Tensor]:
-        """One step for a batch: reset the state where an episode starts, then advance. Returns (output, state)."""
-        state = state * (~is_first.bool()).unsqueeze(-1).to(state.dtype)
-        if self.rnn_type == "lstm":
-            h, c = self.cell(feat, tuple(state.chunk(2, dim=-1)))
-            return h, torch.cat((h, c), dim=-1)
-        h = self.cell(feat, state)
-        return h, h
+    def core(self, feat: Tensor, state: Tensor, is_first: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One step for a batch: reset the state where an episode starts, then advance.
 
-    def core_sequence(self, feat: Tensor, state: Tensor, is_first: Tensor) -> Tensor:
-        """Outputs ``(L, B, hidden)`` over sequences ``feat (L, B, F)`` from ``state (B, S)`` (truncated BPTT)."""
-        outs = []
+        Returns the actor's and the critic's inputs (the same tensor with a shared core) and the next state.
+        """
+        state = state * (~is_first.bool()).unsqueeze(-1).to(state.dtype)
+        if self.critic_cell is None:
+            h, state = self._step(self.cell, feat, state)
+            return h, h, state
+        actor_state, critic_state = state.split(self.cell_state_size, dim=-1)
+        h_actor, actor_state = self._step(self.cell, feat, actor_state)
+        h_critic, critic_state = self._step(self.critic_cell, feat, critic_state)
+        return h_actor, h_critic, torch.cat((actor_state, critic_state), dim=-1)
+
+    def core_sequence(self, feat: Tensor, state: Tensor, is_first: Tensor) -> tuple[Tensor, Tensor]:
+        """Actor and critic inputs ``(L, B, hidden)`` over ``feat (L, B, F)`` from ``state (B, S)`` (truncated BPTT)."""
+        actor, critic = [], []
         for t in range(feat.shape[0]):
-            out, state = self.core(feat[t], state, is_first[t])
-            outs.append(out)
-        return torch.stack(outs)
+            h_actor, h_critic, state = self.core(feat[t], state, is_first[t])
+            actor.append(h_actor)
+            critic.append(h_critic)
+        return torch.stack(actor), torch.stack(critic)
 
     # ----------------------------------------------------------------------------------- paths
 
@@ -77,34 +97,34 @@ class RecurrentPPOAgent(PPOAgent):
         self, obs: dict[str, Tensor], actions: Tensor, state: Tensor, is_first: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Training on ``(L, B, ...)`` sequences that start from ``state``: log-probs, entropies and values."""
-        hidden = self.core_sequence(self.encoder(obs), state, is_first)
-        out = self.actor(hidden)
-        return self._log_prob(out, actions), self._entropy(out), self.critic(hidden).squeeze(-1)
+        h_actor, h_critic = self.core_sequence(self.encoder(obs), state, is_first)
+        out = self.actor(h_actor)
+        return self._log_prob(out, actions), self._entropy(out), self.critic(h_critic).squeeze(-1)
 
     @torch.no_grad()
     def act(  # type: ignore[override]
         self, obs: dict[str, Tensor], state: Tensor, is_first: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Rollout step: sampled actions, their log-probs, the values and the next recurrent state."""
-        hidden, state = self.core(self.encoder(obs), state, is_first)
-        out = self.actor(hidden)
+        h_actor, h_critic, state = self.core(self.encoder(obs), state, is_first)
+        out = self.actor(h_actor)
         actions = self._sample(out)
-        return actions, self._log_prob(out, actions), self.critic(hidden).squeeze(-1), state
+        return actions, self._log_prob(out, actions), self.critic(h_critic).squeeze(-1), state
 
     @torch.no_grad()
     def value(self, obs: dict[str, Tensor], state: Tensor, is_first: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
         if is_first is None:
             is_first = torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
-        hidden, _ = self.core(self.encoder(obs), state, is_first)
-        return self.critic(hidden).squeeze(-1)
+        _, h_critic, _ = self.core(self.encoder(obs), state, is_first)
+        return self.critic(h_critic).squeeze(-1)
 
     @torch.no_grad()
     def policy_step(
         self, obs: dict[str, Tensor], state: Tensor, is_first: Tensor, greedy: bool = True
     ) -> tuple[Tensor, Tensor]:
         """Evaluation step: env actions (mode, or sampled) and the next state."""
-        hidden, state = self.core(self.encoder(obs), state, is_first)
-        out = self.actor(hidden)
+        h_actor, _, state = self.core(self.encoder(obs), state, is_first)
+        out = self.actor(h_actor)
         if not greedy:
             return self.to_env(self._sample(out)), state
         if not self.nvec:

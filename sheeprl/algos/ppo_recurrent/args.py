@@ -20,6 +20,7 @@ class PPORecurrentArgs(PPOArgs):
     )
     rnn_type: str = arg("lstm", "recurrent core: lstm, gru, or ln_gru (layer-norm GRU)")
     rnn_hidden_size: int = arg(64, "units of the recurrent core")
+    critic_rnn: bool = arg(False, "give the critic its own recurrent core (sb3-contrib's default) instead of sharing")
     mlp_layers: int = arg(1, "hidden layers of the actor and critic heads after the core")
     optimizer: OptimizerConfig = arg(help="Adam settings", factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5))
 
