@@ -56,10 +56,10 @@ def test_split_into_sequences_cuts_pads_and_masks():
     assert seqs["mask"].sum() == T * N
 
 
-@pytest.mark.parametrize("rnn_type", ["lstm", "gru", "ln_gru"])
-def test_training_unroll_resets_the_state_exactly_at_episode_starts(rnn_type):
+@pytest.mark.parametrize("rnn_type, critic_rnn", [("lstm", False), ("gru", False), ("ln_gru", False), ("lstm", True)])
+def test_training_unroll_resets_the_state_exactly_at_episode_starts(rnn_type, critic_rnn):
     """Sequences of 4 steps over a 10-step rollout; episodes start mid-sequence (t=2 in env 0, t=5 in env 1)."""
-    agent = make_agent(rnn_type)
+    agent = make_agent(rnn_type, critic_rnn=critic_rnn)
     T, N, L = 10, 2, 4
     obs = torch.randn(T, N, 3)
     is_first = torch.zeros(T, N, dtype=torch.bool)
@@ -266,11 +266,11 @@ def greedy_return(cli, tmp_path, *args) -> tuple[int, float, str]:
 def test_memory_solves_cartpole_without_velocities(cli, tmp_path, seed):
     """exp=ppo_recurrent_cartpole_novel: greedy mean return (Test/rew_avg, 20 episodes) >= 400 within 100k steps."""
     step, value, out = greedy_return(cli, tmp_path, "exp=ppo_recurrent_cartpole_novel", "--seed", str(seed))
-    assert step == 100_000 and value >= 400.0, out
+    assert step >= 99_000 and value >= 400.0, out  # 390 rollouts of 8 x 32 steps = 99,840
 
 
 @pytest.mark.learning
 def test_feedforward_ppo_stays_far_below_without_velocities(cli, tmp_path):
     """The control: feed-forward PPO on the same masked env and budget stays far below (no memory, no velocity)."""
     step, value, out = greedy_return(cli, tmp_path, "exp=ppo_cartpole_novel", "--seed", "1")
-    assert step == 100_000 and value < 200.0, out
+    assert step >= 99_000 and value < 200.0, out
