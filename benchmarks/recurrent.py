@@ -11,13 +11,16 @@
    when it is missing.
 
 Runs are interleaved (sheeprl, peer, sheeprl, peer, ...) and the median of ``--repeats`` is shown, so a
-busy machine slows both sides alike; compare the ratios, not the absolute numbers.
+busy machine slows both sides alike; compare the ratios, not the absolute numbers. The CPU seconds of
+each run (user + system, process start included) are printed too: on a shared machine they move far
+less with the load than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,11 +59,21 @@ RecurrentPPO("MlpLstmPolicy", env, n_steps=32, batch_size=256, n_epochs=20, gamm
 """
 
 
-def timed(cmd: list[str], cwd: str) -> float:
-    t0 = time.perf_counter()
+CPU: dict[str, list[float]] = {}  # CPU seconds (user + system) of every timed child, by label
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], cwd: str, label: str = "") -> float:
+    """Wall seconds of a command; its CPU seconds go to ``CPU[label]`` (steadier than wall on a busy machine)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-2000:]}")
+    CPU.setdefault(label, []).append(_children_cpu() - c0)
     return time.perf_counter() - t0
 
 
@@ -70,7 +83,7 @@ def sheeprl(args: list[str]) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         wall = timed([sys.executable, str(ROOT / "sheeprl.py"), *args, "--eval_episodes", "0", "--num_threads", "1",
-                      "--seed", "1", "--checkpoint.save_last", "false"], tmp)  # fmt: skip
+                      "--seed", "1", "--checkpoint.save_last", "false"], tmp, args[0])  # fmt: skip
         (events,) = list(Path(tmp).rglob("events.out.tfevents.*"))
         acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
         acc.Reload()
@@ -81,9 +94,9 @@ def sheeprl(args: list[str]) -> dict[str, float]:
         return {"wall": wall, "rollout": mean("Time/sps_env_interaction"), "train": mean("Time/sps_train")}
 
 
-def peer(script: str, steps: int, python: str) -> float:
+def peer(script: str, steps: int, python: str, label: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        return timed([python, "-c", script, str(steps)], tmp)
+        return timed([python, "-c", script, str(steps)], tmp, label)
 
 
 def med(runs: list[dict[str, float]], key: str) -> float:
@@ -121,20 +134,23 @@ def main() -> None:
         for _ in range(args.repeats):
             ours.append(sheeprl(["a2c", "exp=a2c_cartpole", "--total_steps", str(args.a2c_steps), *log])["wall"])
             if has_peer:
-                theirs.append(peer(SB3_A2C, args.a2c_steps, args.peer_python))
+                theirs.append(peer(SB3_A2C, args.a2c_steps, args.peer_python, "sb3_a2c"))
         o = statistics.median(ours)
         line = f"a2c CartPole-v1, 8 envs x 5 steps, {args.a2c_steps} steps: sheeprl {o:.1f}s"
         if theirs:
             t = statistics.median(theirs)
             line += f", Stable-Baselines3 A2C {t:.1f}s, speed-up {t / o:.2f}x"
         print(line + f" (whole runs, median of {args.repeats})")
+        if theirs:
+            o, t = statistics.median(CPU["a2c"]), statistics.median(CPU["sb3_a2c"])
+            print(f"  CPU time: sheeprl {o:.1f}s, Stable-Baselines3 {t:.1f}s, speed-up {t / o:.2f}x")
 
     if "recurrent_peer" not in args.skip and has_peer:
         ours, theirs = [], []
         for _ in range(args.repeats):
             preset = ["ppo_recurrent", "exp=ppo_recurrent_cartpole_novel", "--total_steps", str(args.steps), *log]
             ours.append(sheeprl(preset)["wall"])
-            theirs.append(peer(SB3_RECURRENT, args.steps, args.peer_python))
+            theirs.append(peer(SB3_RECURRENT, args.steps, args.peer_python, "sb3_recurrent"))
         o, t = statistics.median(ours), statistics.median(theirs)
         print(
             f"ppo_recurrent exp=ppo_recurrent_cartpole_novel, {args.steps} steps: sheeprl {o:.1f}s, "
