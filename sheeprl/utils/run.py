@@ -69,9 +69,13 @@ def resumed_env_seed(env_seed: int, policy_step: int) -> int:
 
 
 def threads_per_process(cfg: Any, world_size: int, num_nodes: int) -> int:
-    """``fabric.num_threads`` or the cores available to this process divided among the node's processes."""
+    """``fabric.num_threads``, else ``$OMP_NUM_THREADS`` when set (the user or a scheduler already chose), else
+    the cores available to this process divided among the node's processes."""
     if cfg.fabric.num_threads:
         return int(cfg.fabric.num_threads)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, num_nodes))))
     return max(1, cores // local)
@@ -134,6 +138,8 @@ class Run:
         self._window_start_step = self.start_step
         self._interrupted = False
         self._last_step = self.start_step  # the step should_stop reports (every loop calls log first)
+        # Per-rank state an algorithm adds to every checkpoint (e.g. the recurrent state of its envs).
+        self.extra_rank_state: Optional[Callable[[], dict[str, Any]]] = None
         self._install_signal_handlers()
         if self.is_logger:
             where = f"resuming from step {self.start_step}" if resume else "logging"
@@ -212,7 +218,15 @@ class Run:
     def rank_state(self, envs: Any = None) -> dict[str, Any]:
         from sheeprl.envs import get_env_state
 
-        return {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
+        state = {"rng": capture_rng(), "env": get_env_state(envs) if envs is not None else {}}
+        if self.extra_rank_state is not None:
+            state["extra"] = self.extra_rank_state()
+        return state
+
+    def saved_rank_state(self) -> dict[str, Any]:
+        """What :attr:`extra_rank_state` returned on this rank when the resumed checkpoint was saved ({} if none)."""
+        ranks = self.state.get("ranks", []) if self.state else []
+        return dict(ranks[self.rank].get("extra", {})) if self.rank < len(ranks) else {}
 
     def reset_envs(self, envs: Any, env_seed: int) -> dict[str, Any]:
         """First observations of a run: after a resume this rank's RNG and normalization statistics come back

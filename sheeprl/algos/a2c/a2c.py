@@ -1,0 +1,155 @@
+"""Advantage Actor-Critic (A2C), coupled: every rank collects its rollout and trains (DDP).
+
+Algorithm (Mnih et al., 2016, synchronous form, as in Stable-Baselines3 and SheepRL):
+
+    for iteration = 1, 2, ...:
+        run the policy for rollout_steps (n) in num_envs envs, storing (o, a, V(o), r, done)
+        bootstrap truncated episodes from V(real final observation) and the rollout from V(o_n)
+        advantages with GAE(gamma, lambda); lambda = 1 gives the n-step returns R_t, A_t = R_t - V(o_t)
+        one gradient step on  -E[log pi(a|o) A] + vf_coef * E[(V(o) - R)^2] - ent_coef * entropy
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sheeprl.algos.a2c.loss import policy_loss, value_loss
+from sheeprl.algos.ppo.agent import PPOAgent, build_agent
+from sheeprl.algos.ppo.loss import entropy_loss
+from sheeprl.data import ReplayBuffer
+from sheeprl.envs import make_vector_env
+from sheeprl.utils.returns import gae, next_values_from_rollout
+from sheeprl.utils.run import Run
+from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], opt: Any) -> torch.optim.Optimizer:
+    """RMSprop (Stable-Baselines3's default for A2C) or Adam, by ``algo.optimizer.name``."""
+    name = str(opt.name).lower()
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=opt.lr, alpha=opt.alpha, eps=opt.eps, weight_decay=opt.weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    raise ValueError(f"unknown optimizer {opt.name!r}")
+
+
+def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run) -> None:
+    """One gradient step on the whole rollout (``data``: a flat TensorDict of this rank's transitions)."""
+    a = cfg.algo
+    obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
+    logprobs, entropy, values = agent({k: data[k] for k in obs_keys}, data["actions"])
+    adv = data["advantages"]
+    if a.normalize_advantages and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    pg = policy_loss(logprobs, adv)
+    v = value_loss(values, data["returns"])
+    ent = entropy_loss(entropy)
+    loss = pg + a.vf_coef * v + a.ent_coef * ent
+
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if a.max_grad_norm > 0:
+        fabric.clip_gradients(agent, optimizer, max_norm=a.max_grad_norm)
+    optimizer.step()
+
+    run.metrics.update("Loss/policy_loss", pg.detach())
+    run.metrics.update("Loss/value_loss", v.detach())
+    run.metrics.update("Loss/entropy_loss", ent.detach())
+
+
+def main(fabric: Fabric, cfg: Any) -> None:
+    run = Run(fabric, cfg)
+    a = cfg.algo
+    world = fabric.world_size
+    num_envs = cfg.env.num_envs
+    obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
+
+    # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
+    env_seed = cfg.seed + fabric.global_rank * num_envs
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+
+    agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
+    optimizer = make_optimizer(agent.parameters(), a.optimizer)
+    steps_per_iter = a.rollout_steps * num_envs * world
+    num_iters = max(1, a.total_steps // steps_per_iter)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
+    )
+    if run.state:
+        agent.load_state_dict(run.state["agent"])
+        optimizer.load_state_dict(run.state["optimizer"])
+        scheduler.load_state_dict(run.state["scheduler"])
+    agent_ddp, optimizer = fabric.setup(agent, optimizer)
+    player = agent  # the raw module: rollouts need no DDP hooks
+    player.to(fabric.device)
+
+    rb = ReplayBuffer(a.rollout_steps, num_envs, obs_keys=obs_keys, device="cpu")
+    policy_step = run.start_step
+    start_iter = policy_step // steps_per_iter + 1
+
+    def state_fn() -> dict[str, Any]:
+        return {"agent": player.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+    obs, _ = envs.reset(seed=env_seed)
+    run.restore_rank_state(envs)
+    next_obs = obs_to_torch(obs, fabric.device)
+    for _iteration in range(start_iter, num_iters + 1):
+        # ---- an n-step rollout with the current policy
+        rb.reset()
+        with run.timer("env"):
+            for _ in range(a.rollout_steps):
+                policy_step += num_envs * world
+                actions, _, values = player.act(next_obs)
+                obs, rewards, terminated, truncated, infos = envs.step(player.to_env(actions).cpu().numpy())
+                dones = terminated | truncated
+                # A truncated episode continues in theory: bootstrap it from its real final observation.
+                bootstrap = torch.zeros(num_envs)
+                cut = truncated & ~terminated
+                if cut.any():
+                    final = obs_to_torch(final_obs_batch(infos, cut, obs_keys), fabric.device)
+                    bootstrap[torch.from_numpy(cut)] = player.value(final).cpu()
+                rb.add(
+                    {
+                        **{k: v[None] for k, v in next_obs.items()},
+                        "actions": actions[None],
+                        "values": values[None],
+                        "rewards": torch.as_tensor(rewards, dtype=torch.float32)[None],
+                        "terminated": torch.from_numpy(terminated)[None],
+                        "dones": torch.from_numpy(dones)[None],
+                        "bootstrap": bootstrap[None],
+                    }
+                )
+                next_obs = obs_to_torch(obs, fabric.device)
+                run.record_episodes(infos)
+
+        # ---- n-step (GAE) returns, then one gradient step
+        with run.timer("train"):
+            data = rb.to_tensordict()
+            values = data["values"]
+            next_values = next_values_from_rollout(
+                values, player.value(next_obs).cpu(), data["dones"], data["bootstrap"]
+            )
+            advantages, returns = gae(
+                data["rewards"], values, next_values, data["terminated"], data["dones"], a.gamma, a.gae_lambda
+            )
+            data["advantages"], data["returns"] = advantages, returns
+            train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run)
+            if a.anneal_lr:
+                run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            scheduler.step()
+
+        run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(player.greedy, envs, policy_step)
+        run.maybe_checkpoint(policy_step, state_fn, envs)
+        if run.should_stop():
+            break
+
+    run.finish(policy_step, state_fn, envs, act=player.greedy)
+    envs.close()

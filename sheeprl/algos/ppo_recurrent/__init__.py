@@ -1,0 +1,1 @@
+"""Recurrent PPO: an LSTM/GRU core between the observation encoder and the actor-critic heads."""
