@@ -7,8 +7,9 @@ import torch
 from helpers import run_dirs, scalars
 from omegaconf import OmegaConf
 
-from sheeprl.algos.a2c.a2c import make_optimizer
+from sheeprl.algos.a2c.args import A2CArgs
 from sheeprl.algos.a2c.loss import policy_loss, value_loss
+from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.returns import discounted_returns, gae, next_values_from_rollout
 
 FAST = ["--num_envs", "2", "--rollout_steps", "8", "--eval_episodes", "2", "--metric.log_every", "128",
@@ -41,18 +42,14 @@ def test_lambda_one_gives_the_n_step_returns():
     torch.testing.assert_close(adv, ret - values)
 
 
-@pytest.mark.parametrize("name, cls", [("rmsprop", torch.optim.RMSprop), ("adam", torch.optim.Adam)])
-def test_optimizer_by_name(name, cls):
-    opt_cfg = OmegaConf.create({"name": name, "lr": 1e-3, "eps": 1e-5, "alpha": 0.9, "betas": [0.9, 0.99],
-                                "weight_decay": 0.0})  # fmt: skip
-    opt = make_optimizer([torch.nn.Parameter(torch.zeros(2))], opt_cfg)
-    assert isinstance(opt, cls) and opt.defaults["lr"] == 1e-3 and opt.defaults["eps"] == 1e-5
-    if name == "rmsprop":
-        assert opt.defaults["alpha"] == 0.9
+def test_default_optimizer_is_sb3s_rmsprop():
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OmegaConf.structured(A2CArgs).optimizer)
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert opt.defaults["lr"] == 7e-4 and opt.defaults["eps"] == 1e-5 and opt.defaults["alpha"] == 0.99
 
 
 def test_unknown_optimizer_is_a_usage_error(cli, tmp_path):
-    proc = cli("a2c", "algo.optimizer.name=sgd", cwd=tmp_path)
+    proc = cli("a2c", "algo.optimizer.name=rmsprob", cwd=tmp_path)
     assert proc.returncode == 2 and "algo.optimizer.name" in proc.stderr and not (tmp_path / "logs").exists()
 
 

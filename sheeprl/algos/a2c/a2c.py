@@ -11,7 +11,6 @@ Algorithm (Mnih et al., 2016, synchronous form, as in Stable-Baselines3 and Shee
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,22 +20,13 @@ from sheeprl.algos.ppo.agent import PPOAgent, build_agent
 from sheeprl.algos.ppo.loss import entropy_loss
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer, build_scheduler, load_scheduler_state
 from sheeprl.utils.returns import gae, next_values_from_rollout
 from sheeprl.utils.run import Run
 from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], opt: Any) -> torch.optim.Optimizer:
-    """RMSprop (Stable-Baselines3's default for A2C) or Adam, by ``algo.optimizer.name``."""
-    name = str(opt.name).lower()
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=opt.lr, alpha=opt.alpha, eps=opt.eps, weight_decay=opt.weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, eps=opt.eps, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
-    raise ValueError(f"unknown optimizer {opt.name!r}")
 
 
 def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, cfg: Any, run: Run) -> None:
@@ -75,16 +65,14 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
-    optimizer = make_optimizer(agent.parameters(), a.optimizer)
+    optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
-    )
+    scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iters)
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])
-        scheduler.load_state_dict(run.state["scheduler"])
+        load_scheduler_state(optimizer, scheduler, run.state["scheduler"])
     agent_ddp, optimizer = fabric.setup(agent, optimizer)
     player = agent  # the raw module: rollouts need no DDP hooks
     player.to(fabric.device)
@@ -140,8 +128,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             )
             data["advantages"], data["returns"] = advantages, returns
             train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run)
-            if a.anneal_lr:
-                run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 
         run.log(policy_step)

@@ -8,16 +8,6 @@ from typing import Any
 from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
 from sheeprl.registry import register_algorithm
 
-OPTIMIZERS = ("rmsprop", "adam")
-
-
-@dataclass
-class A2COptimizerConfig(OptimizerConfig):
-    name: str = arg("rmsprop", "optimizer: rmsprop or adam")
-    lr: float = arg(7e-4, "learning rate")
-    eps: float = arg(1e-5, "epsilon of RMSprop / Adam")
-    alpha: float = arg(0.99, "RMSprop smoothing constant")
-
 
 @dataclass
 class A2CArgs(AlgoConfig):
@@ -30,8 +20,10 @@ class A2CArgs(AlgoConfig):
     vf_coef: float = arg(0.5, "value loss coefficient")
     max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
     normalize_advantages: bool = arg(False, "normalize advantages over each rollout")
-    anneal_lr: bool = arg(False, "linearly anneal the learning rate to 0")
-    optimizer: A2COptimizerConfig = arg(help="optimizer settings", factory=A2COptimizerConfig)
+    optimizer: OptimizerConfig = arg(
+        help="optimizer (Stable-Baselines3's RMSprop: alpha 0.99, eps 1e-5) and learning-rate schedule",
+        factory=lambda: OptimizerConfig(name="RMSprop", lr=7e-4, eps=1e-5, kwargs={"alpha": 0.99}),
+    )
     dense_units: int = arg(64, "hidden units per layer of actor and critic")
     mlp_layers: int = arg(2, "hidden layers of actor and critic")
     activation: str = arg("tanh", "hidden activation: tanh, relu, elu, silu, gelu")
@@ -52,8 +44,6 @@ def validate(cfg: Any) -> None:
     for key in ("rollout_steps", "mlp_layers", "dense_units"):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
-    if str(a.optimizer.name).lower() not in OPTIMIZERS:
-        raise ConfigError(f"algo.optimizer.name must be one of {', '.join(OPTIMIZERS)}, got '{a.optimizer.name}'")
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
     if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sheeprl.algos.ppo.args import PPOArgs
-from sheeprl.config import ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.config import ConfigError, OptimizerConfig, RunConfig, ScheduleConfig, arg
 from sheeprl.registry import register_algorithm
 
 
@@ -22,7 +22,17 @@ class PPORecurrentArgs(PPOArgs):
     rnn_hidden_size: int = arg(64, "units of the recurrent core")
     critic_rnn: bool = arg(False, "give the critic its own recurrent core (sb3-contrib's default) instead of sharing")
     mlp_layers: int = arg(1, "hidden layers of the actor and critic heads after the core")
-    optimizer: OptimizerConfig = arg(help="Adam settings", factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5))
+    # CleanRL / sb3-contrib style values (feed-forward PPO's own defaults are tuned for fully observed CartPole).
+    update_epochs: int = arg(4, "passes over each rollout")
+    clip_vloss: bool = arg(True, "clip the value loss around the old value estimate")
+    ent_coef: float = arg(0.01, "entropy bonus coefficient")
+    vf_coef: float = arg(0.5, "value loss coefficient")
+    max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
+    normalize_advantages: bool = arg(True, "normalize advantages per minibatch")
+    optimizer: OptimizerConfig = arg(
+        help="optimizer and learning-rate schedule (linear annealing to 0 by default)",
+        factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5, schedule=ScheduleConfig("linear")),
+    )
 
 
 @dataclass

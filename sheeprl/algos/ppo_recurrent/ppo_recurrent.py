@@ -26,6 +26,7 @@ from sheeprl.algos.ppo_recurrent.agent import RecurrentPolicy, RecurrentPPOAgent
 from sheeprl.algos.ppo_recurrent.utils import split_into_sequences
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer, build_scheduler, load_scheduler_state
 from sheeprl.utils.returns import gae, next_values_from_rollout
 from sheeprl.utils.run import Run
 from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
@@ -87,22 +88,14 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: RecurrentPPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
-    optimizer = torch.optim.Adam(
-        agent.parameters(),
-        lr=a.optimizer.lr,
-        eps=a.optimizer.eps,
-        betas=tuple(a.optimizer.betas),
-        weight_decay=a.optimizer.weight_decay,
-    )
+    optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
-    )
+    scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iters)
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])
-        scheduler.load_state_dict(run.state["scheduler"])
+        load_scheduler_state(optimizer, scheduler, run.state["scheduler"])
     agent_ddp, optimizer = fabric.setup(agent, optimizer)
     player = agent  # the raw module: rollouts need no DDP hooks
     player.to(fabric.device)
@@ -173,7 +166,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             data["advantages"], data["returns"] = advantages, returns
             seqs = split_into_sequences(data, a.sequence_length)
             train(fabric, agent_ddp, optimizer, seqs.to(fabric.device), cfg, run)
-            run.metrics.update("Info/learning_rate", scheduler.get_last_lr()[0])
+            run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 
         run.log(policy_step)
