@@ -84,8 +84,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     def state_fn() -> dict[str, Any]:
         return {"agent": player.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
 
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     next_obs = obs_to_torch(obs, fabric.device)
     for _iteration in range(start_iter, num_iters + 1):
         # ---- an n-step rollout with the current policy

@@ -314,8 +314,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     # Envs restart their episodes on a resume (as in every algorithm): the recurrent state restarts with them and
     # the first row is marked is_first, so no training window crosses from the old episode into the new one.
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     obs_t = obs_to_torch(obs)
     zeros = torch.zeros(num_envs)
     store(obs_t, torch.zeros(num_envs, player.action_dim), zeros, zeros, torch.ones(num_envs))

@@ -114,8 +114,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     if saved.get("rnn_state") is not None and saved["rnn_state"].shape == carry["rnn_state"].shape:
         carry["rnn_state"] = saved["rnn_state"].to(fabric.device)
 
-    obs, _ = envs.reset(seed=env_seed)
-    run.restore_rank_state(envs)
+    obs = run.reset_envs(envs, env_seed)
     # The envs were just reset, so every env starts an episode: a restored state is zeroed at its first step.
     carry["is_first"] = torch.ones(num_envs, dtype=bool)
     next_obs = obs_to_torch(obs, fabric.device)
