@@ -98,7 +98,7 @@ def test_per_state_dict_round_trip():
     state = rb.state_dict()
     other = PrioritizedReplayBuffer(6, n_envs=1, alpha=0.6)
     other.load_state_dict(state)
-    assert torch.equal(other.tree.sums, rb.tree.sums) and torch.equal(other.tree.mins, rb.tree.mins)
+    assert (other.tree.sums == rb.tree.sums).all() and (other.tree.mins == rb.tree.mins).all()
     assert other.max_priority == rb.max_priority and other.pos == rb.pos
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(rb.sample_indices(8, 0.5, g1)[0], other.sample_indices(8, 0.5, g2)[0])

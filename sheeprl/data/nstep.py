@@ -1,11 +1,11 @@
 """n-step transitions read from a replay buffer of one-step transitions, at sampling time.
 
 The buffer stores every env step once: ``observations``, ``actions``, ``rewards``, ``terminated``, ``dones``
-(terminated or truncated) and ``next_observations`` (the *real* next observation: the final one at an episode
+(terminated or truncated) and ``next_<key>`` for each observation key (the *real* next observation: the final one at an episode
 end). For a sampled row ``(t, env)`` the n-step transition is
 
     R      = sum_{k=0}^{m-1} gamma^k r_{t+k}
-    s'     = next_observations[t + m - 1]
+    s'     = next_<key>[t + m - 1]
     gamma' = gamma^m * (1 - terminated_{t+m-1})          so that the target is R + gamma' * V(s')
 
 with ``m = min(n, steps to the first episode end, inclusive, steps stored up to the newest)``. The window
@@ -20,6 +20,7 @@ buffer index the same rows as the data, and ``n`` can change without touching wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -74,15 +75,14 @@ def nstep_batch(
     flat_idx: Tensor,
     n: int,
     gamma: float,
-    obs_key: str = "observations",
-    next_obs_key: str = "next_observations",
-    extra_keys: tuple[str, ...] = ("actions",),
+    obs_keys: Sequence[str] = ("observations",),
+    extra_keys: Sequence[str] = ("actions",),
 ) -> dict[str, Any]:
     """The n-step transitions starting at flat rows ``flat_idx`` (B,) of ``rb``.
 
-    Returns ``obs_key``, ``next_obs_key`` (read ``m - 1`` steps later), ``extra_keys`` (at the first step),
-    ``rewards`` (the n-step sums) and ``discounts`` (``gamma^m * (1 - terminated)``), all with first dim B.
-    ``rb`` must hold ``rewards``, ``terminated`` and ``dones``.
+    Returns every key ``k`` of ``obs_keys`` and ``next_k`` (read ``m - 1`` steps later), ``extra_keys`` (at the
+    first step), ``rewards`` (the n-step sums) and ``discounts`` (``gamma^m * (1 - terminated)``), all with first
+    dim B. ``rb`` must hold ``rewards``, ``terminated``, ``dones``, and ``k`` and ``next_k`` for each obs key.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -100,12 +100,11 @@ def nstep_batch(
     terminated = _rows(rb, "terminated", flat_window).view(shape)
     dones = _rows(rb, "dones", flat_window).view(shape)
     returns, discounts, last = nstep_window(rewards, terminated, dones, available, gamma)
-    out: dict[str, Any] = {
-        obs_key: _rows(rb, obs_key, flat_idx),
-        next_obs_key: _rows(rb, next_obs_key, window.gather(1, last[:, None]).squeeze(1)),
-        "rewards": returns,
-        "discounts": discounts,
-    }
+    out: dict[str, Any] = {"rewards": returns, "discounts": discounts}
+    next_rows = window.gather(1, last[:, None]).squeeze(1)
+    for key in obs_keys:
+        out[key] = _rows(rb, key, flat_idx)
+        out[f"next_{key}"] = _rows(rb, f"next_{key}", next_rows)
     for key in extra_keys:
         out[key] = _rows(rb, key, flat_idx)
     return out

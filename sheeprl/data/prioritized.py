@@ -18,21 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sheeprl.data.buffers import DataLike, ReplayBuffer
 from sheeprl.data.sumtree import SumTree
+from sheeprl.utils.schedules import linear_schedule
 
 __all__ = ["PrioritizedReplayBuffer", "beta_schedule"]
 
 
 def beta_schedule(beta0: float, step: int, anneal_steps: int) -> float:
     """``beta0`` linearly annealed to 1 over ``anneal_steps`` (1 afterwards)."""
-    if anneal_steps <= 0:
-        return 1.0
-    frac = min(1.0, max(0.0, step / anneal_steps))
-    return beta0 + (1.0 - beta0) * frac
+    return linear_schedule(beta0, 1.0, anneal_steps, step)
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -68,9 +67,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         super().add(data)
         steps = next(iter(data.values())).shape[0] if isinstance(data, Mapping) else data.batch_size[0]
         k = min(int(steps), self.buffer_size)
-        time_rows = (self.pos - k + torch.arange(k)) % self.buffer_size
-        rows = (time_rows[:, None] * self.n_envs + torch.arange(self.n_envs)).reshape(-1)
-        self.tree.update(rows, torch.full((rows.numel(),), self.max_priority**self.alpha, dtype=torch.float64))
+        time_rows = (self.pos - k + np.arange(k)) % self.buffer_size
+        rows = (time_rows[:, None] * self.n_envs + np.arange(self.n_envs)).reshape(-1)
+        self.tree.update(rows, np.full(rows.size, self.max_priority**self.alpha))
 
     def sample_indices(
         self, batch_size: int, beta: float, generator: torch.Generator | None = None
@@ -85,14 +84,14 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             raise ValueError("cannot sample from an empty buffer")
         idx = self.tree.sample(batch_size, generator)
         # w_i / max_j w_j = (p_min / p_i)^beta: N and the total cancel out.
-        weights = (self.tree.min / self.tree[idx]).pow(beta).float()
+        weights = (self.tree.min / self.tree[idx]).pow_(beta).float()
         return idx.to(self.device), weights.to(self.device)
 
     def update_priorities(self, idx: Tensor, td_errors: Tensor) -> None:
         """Set the priorities of rows ``idx`` to ``(|td_errors| + eps) ** alpha`` (vectorized, O(B log N))."""
-        p = td_errors.detach().abs().double().cpu().reshape(-1) + self.eps
+        p = td_errors.detach().abs().double().cpu().numpy().reshape(-1) + self.eps
         self.max_priority = max(self.max_priority, float(p.max()))
-        self.tree.update(idx.cpu(), p.pow(self.alpha))
+        self.tree.update(idx.cpu().numpy(), p**self.alpha)
 
     def probabilities(self) -> Tensor:
         """P(i) of every flat row (for tests and diagnostics)."""
