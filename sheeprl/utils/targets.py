@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
@@ -23,18 +24,26 @@ def fingerprint(module: nn.Module) -> torch.Tensor:
     return torch.stack([v.sum(), (v * torch.linspace(1.0, 2.0, v.numel(), dtype=torch.float64)).sum()])
 
 
-def make_target(fabric: Any, online: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``online`` (already through ``fabric.setup_module``).
+def make_target(fabric: Any, online: nn.Module, group: Any = None) -> nn.Module:
+    """A frozen deep copy of ``online`` (already through ``fabric.setup_module`` or DDP).
 
-    DDP broadcasts rank 0's weights when it wraps a module, so a copy taken before that would differ between
-    ranks (each rank initialized its network from its own seed) and stay different for the whole run. This
-    copies afterwards and checks it: collective, every rank calls it at the same point.
+    DDP broadcasts the first rank's weights when it wraps a module, so a copy taken before that would differ
+    between ranks (each rank initialized its network from its own seed) and stay different for the whole run.
+    This copies afterwards and checks it: collective over ``group`` (default: every rank), whose members all
+    call it at the same point.
     """
     target = copy.deepcopy(unwrap(online)).requires_grad_(False)
-    if fabric.world_size > 1:
+    if group is None and fabric.world_size > 1:
         prints = fabric.all_gather(fingerprint(target).to(fabric.device)).view(fabric.world_size, -1).cpu()
-        if not torch.equal(prints, prints[:1].expand_as(prints)):
-            raise RuntimeError("the target network differs between ranks: copy it after fabric.setup_module")
+    elif group is not None and dist.get_world_size(group) > 1:
+        mine = fingerprint(target).to(fabric.device)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, mine, group=group)
+        prints = torch.stack(parts).cpu()
+    else:
+        return target
+    if not torch.equal(prints, prints[:1].expand_as(prints)):
+        raise RuntimeError("the target network differs between ranks: copy it after the DDP set-up")
     return target
 
 
