@@ -25,6 +25,19 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class AtariConfig:
+    noop_max: int = arg(30, "Atari: up to this many no-op actions after a reset (0 = off)")
+    frame_skip: int = arg(4, "Atari: repeat each action for this many frames, max-pooling the last two")
+    repeat_action_probability: float = arg(
+        0.25, "Atari sticky actions: the chance the emulator repeats the previous action (v5 default 0.25)"
+    )
+    fire_reset: bool = arg(True, "Atari: press FIRE after a reset in the games that need it to start")
+    terminal_on_life_loss: bool = arg(
+        False, "Atari, training envs only: a lost life ends the episode for learning (the game goes on)"
+    )
+
+
+@dataclass
 class EnvConfig:
     id: str = arg("CartPole-v1", "Gymnasium environment id (e.g. CartPole-v1, Pendulum-v1, HalfCheetah-v5)")
     num_envs: int = arg(4, "parallel environments per rank")
@@ -45,6 +58,10 @@ class EnvConfig:
     max_episode_steps: Optional[int] = arg(None, "override the env's time limit (null = the env's own)")
     capture_video: bool = arg(False, "record videos of the first env of rank 0 into the run folder's videos/")
     video_every: int = arg(50, "with capture_video, record one episode every this many episodes")
+    sign_rewards: bool = arg(
+        False, "train on the sign of each reward (-1, 0, 1); returns, evaluation and videos keep the game score"
+    )
+    atari: AtariConfig = arg(help="Atari (ALE/ ids) preprocessing", factory=AtariConfig)
     kwargs: dict[str, Any] = arg(help="extra keyword arguments for gymnasium.make", factory=dict)
 
 
@@ -141,6 +158,10 @@ def validate_common(cfg: Any) -> None:
         value = cfg[group][leaf] if group else cfg[leaf]
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.env.atari.frame_skip < 1 or cfg.env.atari.noop_max < 0:
+        raise ConfigError("env.atari.frame_skip must be >= 1 and env.atari.noop_max >= 0")
+    if not 0.0 <= cfg.env.atari.repeat_action_probability <= 1.0:
+        raise ConfigError("env.atari.repeat_action_probability must lie in [0, 1]")
     if cfg.fabric.num_threads is not None and cfg.fabric.num_threads < 1:
         raise ConfigError(f"fabric.num_threads must be >= 1, got {cfg.fabric.num_threads}")
     if not cfg.algo.cnn_keys.encoder and not cfg.algo.mlp_keys.encoder:

@@ -19,7 +19,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 from omegaconf import DictConfig, OmegaConf
 
-from sheeprl.envs import dmc
+from sheeprl.envs import atari, dmc
 from sheeprl.envs.errors import EnvError
 from sheeprl.envs.normalization import NormalizeDictObservation, NormalizeReward
 from sheeprl.envs.wrappers import (
@@ -41,6 +41,9 @@ class Backend(NamedTuple):
     check: Callable[[str], None]  # raise EnvError unless the id exists; must not build an env
     build: BuildFn  # (id, kwargs, render_mode, max_episode_steps) -> raw gym.Env
     uses_mujoco: Callable[[str], bool]  # whether rendering goes through MuJoCo's OpenGL context
+    # Games with their own pixel pipeline (Atari, MinAtar): (id, kwargs, render_mode, max_episode_steps, settings)
+    # -> (raw env, function wrapping it into the final dict observation). Replaces build and the generic wrappers.
+    game: Callable[..., tuple[gym.Env, Callable[[gym.Env], gym.Env]]] | None = None
 
 
 def _one_line(err: BaseException) -> str:
@@ -92,34 +95,12 @@ def _gymnasium_uses_mujoco(env_id: str) -> bool:
     return "mujoco" in str(entry_point).lower()
 
 
-# --- Atari (ALE) --------------------------------------------------------------------------------------------------
-
-
-def _register_ale() -> None:
-    try:
-        import ale_py
-    except ImportError as err:
-        raise EnvError("ALE/ (Atari) ids need ale-py: pip install ale-py") from err
-    gym.register_envs(ale_py)
-
-
-def _check_ale(env_id: str) -> None:
-    _register_ale()
-    _check_gymnasium(env_id)
-
-
-def _build_ale(env_id: str, kwargs: dict[str, Any], render_mode: str | None, max_episode_steps: int | None) -> gym.Env:
-    # Atari-specific preprocessing (no-op starts, life loss, ...) is not implemented yet: the generic
-    # pipeline turns the frame into a resized "rgb" key.
-    _register_ale()
-    return _build_gymnasium(env_id, kwargs, render_mode, max_episode_steps)
-
-
 GYMNASIUM = Backend(_check_gymnasium, _build_gymnasium, _gymnasium_uses_mujoco)
 # Prefix -> backend; ids matching no prefix go to the Gymnasium registry. Add new backends here.
 BACKENDS: dict[str, Backend] = {
     dmc.PREFIX: Backend(dmc.check_id, dmc.build, lambda env_id: True),
-    "ALE/": Backend(_check_ale, _build_ale, lambda env_id: False),
+    atari.ATARI_PREFIX: Backend(atari.check_atari, _build_gymnasium, lambda env_id: False, atari.build_atari),
+    atari.MINATAR_PREFIX: Backend(atari.check_minatar, _build_gymnasium, lambda env_id: False, atari.build_minatar),
 }
 
 
@@ -154,6 +135,11 @@ class EnvSettings:
     grayscale: bool = False
     frame_stack: int = 1
     video_every: int = 50
+    # Atari (ALE/ ids) only
+    noop_max: int = 30
+    frame_skip: int = 4
+    repeat_action_probability: float = 0.25
+    fire_reset: bool = True
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> EnvSettings:
@@ -173,6 +159,10 @@ class EnvSettings:
             grayscale=bool(env.grayscale),
             frame_stack=int(env.frame_stack),
             video_every=max(1, int(env.video_every)),
+            noop_max=int(env.atari.noop_max),
+            frame_skip=int(env.atari.frame_skip),
+            repeat_action_probability=float(env.atari.repeat_action_probability),
+            fire_reset=bool(env.atari.fire_reset),
         )
 
 
@@ -189,6 +179,8 @@ def build_env(
     observation: the vector env then adds the dict with :class:`VectorStateDict` (much cheaper).
     """
     backend = _backend(settings.id)
+    if backend.game is not None:
+        return _build_game(backend, settings, seed, video_folder, video_prefix)
     render_mode = "rgb_array" if settings.from_pixels or video_folder is not None else None
     kwargs = dict(settings.kwargs)
     if render_mode is not None and backend.uses_mujoco(settings.id):
@@ -200,12 +192,7 @@ def build_env(
 
     # Innermost first: the video sees every frame (also the repeated ones), clipping happens once per action.
     if video_folder is not None:
-        every = settings.video_every
-        with warnings.catch_warnings():  # train and eval videos share one folder on purpose
-            warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
-            env = gym.wrappers.RecordVideo(
-                env, video_folder, episode_trigger=lambda episode: episode % every == 0, name_prefix=video_prefix
-            )
+        env = _record_video(env, settings, video_folder, video_prefix)
     if settings.action_repeat > 1:
         env = gym.wrappers.RepeatAction(env, settings.action_repeat)
     if settings.mask_velocities:
@@ -217,6 +204,35 @@ def build_env(
         env = DictObservation(env, settings.keys, settings.from_pixels, settings.screen_size, settings.grayscale)
         if settings.frame_stack > 1:
             env = FrameStack(env, settings.frame_stack)
+    if seed is not None:
+        env.action_space.seed(seed)
+        env.observation_space.seed(seed)
+    return env
+
+
+def _record_video(env: gym.Env, settings: EnvSettings, video_folder: str, video_prefix: str) -> gym.Env:
+    every = settings.video_every
+    with warnings.catch_warnings():  # train and eval videos share one folder on purpose
+        warnings.filterwarnings("ignore", message=".*Overwriting existing videos.*")
+        return gym.wrappers.RecordVideo(
+            env, video_folder, episode_trigger=lambda episode: episode % every == 0, name_prefix=video_prefix
+        )
+
+
+def _build_game(
+    backend: Backend, settings: EnvSettings, seed: int | None, video_folder: str | None, video_prefix: str
+) -> gym.Env:
+    """Atari / MinAtar: the game's own preprocessing; videos record every raw frame of the real game."""
+    assert backend.game is not None
+    if settings.action_repeat != 1:
+        raise EnvError(f"'{settings.id}' skips frames itself: use env.atari.frame_skip, not env.action_repeat")
+    render_mode = "rgb_array" if video_folder is not None else None
+    env, preprocess = backend.game(
+        settings.id, dict(settings.kwargs), render_mode, settings.max_episode_steps, settings
+    )
+    if video_folder is not None:
+        env = _record_video(env, settings, video_folder, video_prefix)
+    env = preprocess(env)
     if seed is not None:
         env.action_space.seed(seed)
         env.observation_space.seed(seed)
@@ -291,8 +307,14 @@ def make_vector_env(
     if not isinstance(envs.single_observation_space, spaces.Dict):
         envs = VectorStateDict(envs)
 
-    # Episode statistics first, so they see the raw rewards.
+    # Episode statistics first, so they see the raw rewards and whole games.
     envs = RecordEpisodeStatistics(envs)
+    if training and cfg.env.atari.terminal_on_life_loss:
+        if not settings.id.startswith(atari.ATARI_PREFIX):
+            raise EnvError(f"env.atari.terminal_on_life_loss needs an Atari (ALE/) id, got '{settings.id}'")
+        envs = atari.LifeLossTerminal(envs)
+    if training and cfg.env.sign_rewards:
+        envs = atari.SignReward(envs)
     if cfg.env.normalize_observation:
         keys = _float_keys(envs.single_observation_space, list(cfg.algo.mlp_keys.encoder))
         if keys:

@@ -1,6 +1,16 @@
 """Network blocks (MLP, NatureCNN, CNN/DeCNN, LayerNorm GRU) and observation encoders."""
 
-from sheeprl.models.blocks import CNN, MLP, DeCNN, LayerNormGRUCell, NatureCNN, get_activation, layer_init
+from sheeprl.models.blocks import (
+    CNN,
+    MLP,
+    DeCNN,
+    LayerNormGRUCell,
+    MinAtarCNN,
+    NatureCNN,
+    get_activation,
+    layer_init,
+    pixels_to_float,
+)
 from sheeprl.models.encoders import CNNEncoder, MLPEncoder, MultiEncoder
 
 __all__ = [
@@ -10,8 +20,10 @@ __all__ = [
     "DeCNN",
     "LayerNormGRUCell",
     "MLPEncoder",
+    "MinAtarCNN",
     "MultiEncoder",
     "NatureCNN",
     "get_activation",
     "layer_init",
+    "pixels_to_float",
 ]

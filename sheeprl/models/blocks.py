@@ -11,7 +11,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CNN", "MLP", "DeCNN", "LayerNormGRUCell", "NatureCNN", "get_activation", "layer_init"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "DeCNN",
+    "LayerNormGRUCell",
+    "MinAtarCNN",
+    "NatureCNN",
+    "get_activation",
+    "layer_init",
+    "pixels_to_float",
+]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -102,11 +112,20 @@ class MLP(nn.Sequential):
         self.output_dim = last
 
 
+def pixels_to_float(x: torch.Tensor) -> torch.Tensor:
+    """Pixels enter the network as stored: ``uint8`` becomes float in [0, 1], ``bool`` planes 0/1, floats stay."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if x.dtype == torch.bool:
+        return x.float()
+    return x
+
+
 class NatureCNN(nn.Module):
     """The DQN Nature convolutional torso (32x8/4, 64x4/2, 64x3/1) followed by Linear + ReLU.
 
-    ``uint8`` inputs are scaled to [-0.5, 0.5] here; float inputs are taken as already normalized.
-    Input ``(*, in_channels, screen_size, screen_size)``, output ``(*, features_dim)``.
+    ``uint8`` inputs are scaled to [0, 1] here (frames stay uint8 until this point); float inputs are taken as
+    already scaled. Input ``(*, in_channels, screen_size, screen_size)``, output ``(*, features_dim)``.
     """
 
     def __init__(self, in_channels: int, features_dim: int = 512, screen_size: int = 64) -> None:
@@ -129,9 +148,28 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, lead = _flatten_leading(x, 3)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0 - 0.5
-        return self.fc(self.cnn(x)).reshape(*lead, self.output_dim)
+        return self.fc(self.cnn(pixels_to_float(x))).reshape(*lead, self.output_dim)
+
+
+class MinAtarCNN(nn.Module):
+    """The MinAtar network's torso (Young & Tian, 2019): one 3x3 conv with 16 filters, then Linear + ReLU.
+
+    Made for MinAtar's 10x10 boolean planes (any small image works); ``bool``/``uint8`` inputs become float here.
+    Input ``(*, in_channels, screen_size, screen_size)``, output ``(*, features_dim)``.
+    """
+
+    def __init__(self, in_channels: int, features_dim: int = 128, screen_size: int = 10, channels: int = 16) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
+        side = screen_size - 2
+        self.fc = nn.Sequential(nn.Linear(channels * side * side, features_dim), nn.ReLU())
+        self.in_channels = in_channels
+        self.screen_size = screen_size
+        self.output_dim = features_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, lead = _flatten_leading(x, 3)
+        return self.fc(self.cnn(pixels_to_float(x))).reshape(*lead, self.output_dim)
 
 
 class _ChannelLayerNorm(nn.LayerNorm):

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from sheeprl.models.blocks import MLP, ActivationLike, NatureCNN
+from sheeprl.models.blocks import MLP, ActivationLike, MinAtarCNN, NatureCNN
 
-__all__ = ["CNNEncoder", "MLPEncoder", "MultiEncoder"]
+__all__ = ["CNN_KINDS", "CNNEncoder", "MLPEncoder", "MultiEncoder", "cnn_kind"]
 
 
 def _check_keys(keys: Sequence[str], sizes: Sequence[int], what: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -60,10 +60,23 @@ class MLPEncoder(nn.Module):
         return self.model(x)
 
 
-class CNNEncoder(nn.Module):
-    """Concatenate the image observations ``keys`` along channels and run a :class:`NatureCNN`.
+CNN_KINDS = ("auto", "nature", "minatar")
 
-    Images are ``(*, C_i, screen_size, screen_size)``; all of them uint8 (scaled inside) or all float.
+
+def cnn_kind(kind: str, screen_size: int) -> str:
+    """Resolve ``auto``: NatureCNN needs at least 36x36 pixels; smaller images (MinAtar's 10x10) get MinAtarCNN."""
+    if kind not in CNN_KINDS:
+        raise ValueError(f"unknown CNN encoder {kind!r}; choose one of {list(CNN_KINDS)}")
+    if kind == "auto":
+        return "nature" if screen_size >= 36 else "minatar"
+    return kind
+
+
+class CNNEncoder(nn.Module):
+    """Concatenate the image observations ``keys`` along channels and run a :class:`NatureCNN` or :class:`MinAtarCNN`.
+
+    Images are ``(*, C_i, screen_size, screen_size)``, all of one dtype: uint8 (scaled to [0, 1] inside), bool
+    planes (0/1) or float. ``kind`` is ``nature``, ``minatar`` or ``auto`` (by ``screen_size``, see :func:`cnn_kind`).
     Output ``(*, features_dim)``.
     """
 
@@ -73,10 +86,13 @@ class CNNEncoder(nn.Module):
         in_channels: Sequence[int],
         screen_size: int = 64,
         features_dim: int = 512,
+        kind: str = "auto",
     ) -> None:
         super().__init__()
         self.keys, self.in_channels = _check_keys(keys, in_channels, "in_channels")
-        self.model = NatureCNN(sum(self.in_channels), features_dim=features_dim, screen_size=screen_size)
+        self.kind = cnn_kind(kind, screen_size)
+        net = NatureCNN if self.kind == "nature" else MinAtarCNN
+        self.model = net(sum(self.in_channels), features_dim=features_dim, screen_size=screen_size)
         self.output_dim = self.model.output_dim
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:

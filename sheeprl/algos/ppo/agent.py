@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder
+from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder, layer_init
 from sheeprl.utils.distributions import (
     categorical_entropy,
     categorical_log_prob,
@@ -37,7 +37,12 @@ class PPOAgent(nn.Module):
                 [obs_space[k].shape[0] for k in cnn_keys],
                 obs_space[cnn_keys[0]].shape[-1],
                 cfg.cnn_features_dim,
+                kind=cfg.cnn_encoder,
             )
+            if cfg.ortho_init:  # CleanRL's Atari agent: orthogonal init with gain sqrt(2) in the CNN too
+                for module in cnn.modules():
+                    if isinstance(module, (nn.Conv2d, nn.Linear)):
+                        layer_init(module)
         mlp = MLPEncoder(mlp_keys, [int(np.prod(obs_space[k].shape)) for k in mlp_keys], []) if mlp_keys else None
         self.encoder = MultiEncoder(cnn, mlp)
         hidden = [cfg.dense_units] * cfg.mlp_layers

@@ -28,10 +28,13 @@ class PPOArgs(AlgoConfig):
     target_kl: Optional[float] = arg(None, "stop the update epochs early when the approx KL exceeds this")
     optimizer: OptimizerConfig = arg(help="Adam settings", factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5))
     dense_units: int = arg(64, "hidden units per layer of actor and critic")
-    mlp_layers: int = arg(2, "hidden layers of actor and critic")
+    mlp_layers: int = arg(2, "hidden layers of actor and critic (0: linear heads on the encoder features)")
     activation: str = arg("tanh", "hidden activation: tanh, relu, elu, silu, gelu")
     ortho_init: bool = arg(True, "orthogonal weight initialization")
     cnn_features_dim: int = arg(512, "features of the CNN encoder (pixel observations)")
+    cnn_encoder: str = arg(
+        "auto", "pixel encoder: nature (84x84 Atari), minatar (10x10 planes) or auto (nature from 36x36 pixels up)"
+    )
     log_std_init: float = arg(0.0, "initial log standard deviation of continuous actions")
     action_squash: str = arg("clip", "continuous actions: 'clip' samples to the bounds, 'tanh' squashes them")
 
@@ -44,9 +47,11 @@ class PPOConfig(RunConfig):
 def validate(cfg: Any) -> None:
     """PPO-specific checks, run by the CLI before anything is written."""
     a = cfg.algo
-    for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
+    for key in ("rollout_steps", "update_epochs", "minibatch_size", "dense_units"):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
+    if a.mlp_layers < 0:
+        raise ConfigError(f"algo.mlp_layers must be >= 0 (0: linear heads on the encoder), got {a.mlp_layers}")
     batch = a.rollout_steps * cfg.env.num_envs
     if batch % a.minibatch_size != 0:
         raise ConfigError(
@@ -55,6 +60,8 @@ def validate(cfg: Any) -> None:
         )
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
+    if a.cnn_encoder not in ("auto", "nature", "minatar"):
+        raise ConfigError(f"algo.cnn_encoder must be 'auto', 'nature' or 'minatar', got '{a.cnn_encoder}'")
     if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
         raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
 
@@ -87,9 +94,11 @@ def validate_decoupled(cfg: Any) -> None:
     from sheeprl.cli import _world_size
 
     a = cfg.algo
-    for key in ("rollout_steps", "update_epochs", "minibatch_size", "mlp_layers", "dense_units"):
+    for key in ("rollout_steps", "update_epochs", "minibatch_size", "dense_units"):
         if a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
+    if a.mlp_layers < 0:
+        raise ConfigError(f"algo.mlp_layers must be >= 0 (0: linear heads on the encoder), got {a.mlp_layers}")
     trainers = _world_size(cfg) - 1
     batch = a.rollout_steps * cfg.env.num_envs
     if trainers >= 1 and (batch % trainers != 0 or (batch // trainers) % a.minibatch_size != 0):
@@ -99,6 +108,8 @@ def validate_decoupled(cfg: Any) -> None:
         )
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
+    if a.cnn_encoder not in ("auto", "nature", "minatar"):
+        raise ConfigError(f"algo.cnn_encoder must be 'auto', 'nature' or 'minatar', got '{a.cnn_encoder}'")
     if not 0.0 <= a.gamma <= 1.0 or not 0.0 <= a.gae_lambda <= 1.0:
         raise ConfigError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
 
