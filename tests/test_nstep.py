@@ -24,7 +24,7 @@ def filled(size: int, steps: int = 7) -> ReplayBuffer:
                 "actions": torch.tensor([[t]]),
                 "rewards": torch.tensor([[REWARDS[t]]]),
                 "terminated": torch.tensor([[float(TERMINATED[t])]]),
-                "dones": torch.tensor([[float(TERMINATED[t] or TRUNCATED[t])]]),
+                "truncated": torch.tensor([[float(TRUNCATED[t])]]),
             }
         )
     return rb
@@ -73,7 +73,7 @@ def test_nstep_matches_nstep_targets_on_random_rollouts():
             "actions": torch.zeros(T, N, dtype=torch.long),
             "rewards": rewards,
             "terminated": terminated,
-            "dones": dones,
+            "truncated": truncated,
         }
     )
     value = lambda s: 2.0 * s.squeeze(-1) + 1.0  # noqa: E731  any fixed V(s')

@@ -1,7 +1,7 @@
 """n-step transitions read from a replay buffer of one-step transitions, at sampling time.
 
-The buffer stores every env step once: ``observations``, ``actions``, ``rewards``, ``terminated``, ``dones``
-(terminated or truncated) and ``next_<key>`` for each observation key (the *real* next observation: the final one at an episode
+The buffer stores every env step once: ``observations``, ``actions``, ``rewards``, ``terminated``, ``truncated``
+and ``next_<key>`` for each observation key (the *real* next observation: the final one at an episode
 end). For a sampled row ``(t, env)`` the n-step transition is
 
     R      = sum_{k=0}^{m-1} gamma^k r_{t+k}
@@ -65,13 +65,14 @@ def uniform_rows(rb: ReplayBuffer, batch_size: int, generator: torch.Generator |
     return idx
 
 
-def _rows(rb: ReplayBuffer, key: str, flat_idx: Tensor) -> Tensor:
-    src = rb[key]
-    return src.view(rb.buffer_size * rb.n_envs, *src.shape[2:]).index_select(0, flat_idx)
+def _rows(rb: Any, key: str, flat_idx: Tensor) -> Tensor:
+    """Per-row values of ``key`` (not stacked frames) at flat rows, from a ReplayBuffer or a FrameReplayBuffer."""
+    src = rb[key] if isinstance(rb, ReplayBuffer) else rb._rows[key]
+    return src.view(rb.buffer_size * rb.n_envs, *src.shape[2:]).index_select(0, flat_idx.to(src.device))
 
 
 def nstep_batch(
-    rb: ReplayBuffer,
+    rb: Any,
     flat_idx: Tensor,
     n: int,
     gamma: float,
@@ -80,13 +81,16 @@ def nstep_batch(
 ) -> dict[str, Any]:
     """The n-step transitions starting at flat rows ``flat_idx`` (B,) of ``rb``.
 
-    Returns every key ``k`` of ``obs_keys`` and ``next_k`` (read ``m - 1`` steps later), ``extra_keys`` (at the
-    first step), ``rewards`` (the n-step sums) and ``discounts`` (``gamma^m * (1 - terminated)``), all with first
-    dim B. ``rb`` must hold ``rewards``, ``terminated``, ``dones``, and ``k`` and ``next_k`` for each obs key.
+    ``rb`` is a :class:`~sheeprl.data.ReplayBuffer` holding ``k`` and ``next_k`` for each obs key, or a
+    :class:`~sheeprl.data.frames.FrameReplayBuffer` (stacked frames stored once); either must hold ``rewards``,
+    ``terminated`` and ``truncated`` per row. Returns every ``k`` of ``obs_keys`` and ``next_k`` (read ``m - 1``
+    steps later), ``extra_keys`` (at the first step), ``rewards`` (the n-step sums) and ``discounts``
+    (``gamma^m * (1 - terminated)``), all with first dim B.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     size, n_envs = rb.buffer_size, rb.n_envs
+    flat_idx = flat_idx.long()
     time_row, env = flat_idx // n_envs, flat_idx % n_envs
     newest = (rb.pos - 1) % size
     available = ((newest - time_row) % size + 1).clamp(max=n)
@@ -97,14 +101,24 @@ def nstep_batch(
     flat_window = window.reshape(-1)
     shape = window.shape
     rewards = _rows(rb, "rewards", flat_window).view(shape).float()
-    terminated = _rows(rb, "terminated", flat_window).view(shape)
-    dones = _rows(rb, "dones", flat_window).view(shape)
+    terminated = _rows(rb, "terminated", flat_window).view(shape).bool()
+    dones = terminated | _rows(rb, "truncated", flat_window).view(shape).bool()
     returns, discounts, last = nstep_window(rewards, terminated, dones, available, gamma)
-    out: dict[str, Any] = {"rewards": returns, "discounts": discounts}
     next_rows = window.gather(1, last[:, None]).squeeze(1)
+    out: dict[str, Any] = {"rewards": returns, "discounts": discounts}
+    if isinstance(rb, ReplayBuffer):
+        for key in obs_keys:
+            out[key] = _rows(rb, key, flat_idx)
+            out[f"next_{key}"] = _rows(rb, f"next_{key}", next_rows)
+        for key in extra_keys:
+            out[key] = _rows(rb, key, flat_idx)
+        return out
+    # Frame buffer: the first step's observation, and the closing step's next observation (its frames, once each).
+    first = rb.get(flat_idx, sample_next_obs=False)
+    closing = rb.get(next_rows, sample_next_obs=True)
     for key in obs_keys:
-        out[key] = _rows(rb, key, flat_idx)
-        out[f"next_{key}"] = _rows(rb, f"next_{key}", next_rows)
+        out[key] = first[key]
+        out[f"next_{key}"] = closing[f"next_{key}"]
     for key in extra_keys:
-        out[key] = _rows(rb, key, flat_idx)
+        out[key] = first[key]
     return out

@@ -26,7 +26,7 @@ from sheeprl.data.buffers import DataLike, ReplayBuffer
 from sheeprl.data.sumtree import SumTree
 from sheeprl.utils.schedules import linear_schedule
 
-__all__ = ["PrioritizedReplayBuffer", "beta_schedule"]
+__all__ = ["PrioritizedReplayBuffer", "PrioritizedSampler", "beta_schedule", "last_rows"]
 
 
 def beta_schedule(beta0: float, step: int, anneal_steps: int) -> float:
@@ -34,8 +34,74 @@ def beta_schedule(beta0: float, step: int, anneal_steps: int) -> float:
     return linear_schedule(beta0, 1.0, anneal_steps, step)
 
 
+class PrioritizedSampler:
+    """Priorities of ``capacity`` flat rows (``time * n_envs + env``) of any row-indexed storage.
+
+    Use it beside a buffer whose rows it names (``ReplayBuffer``, ``FrameReplayBuffer``): call :meth:`on_add` with
+    the rows each ``add`` wrote, :meth:`sample` for rows and weights, :meth:`update` with the new TD errors, and
+    :meth:`remove` for rows the storage dropped. :class:`PrioritizedReplayBuffer` bundles it with a ReplayBuffer.
+
+    Args:
+        capacity: number of rows (``buffer_size * n_envs``).
+        alpha: prioritization exponent (0 = uniform sampling, 1 = fully proportional).
+        eps: added to every new priority so that no transition gets probability 0.
+    """
+
+    def __init__(self, capacity: int, alpha: float = 0.6, eps: float = 1e-6) -> None:
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0  # largest |delta| + eps seen so far (before the alpha exponent)
+
+    def on_add(self, rows: Tensor | np.ndarray) -> None:
+        """Rows just (over)written: they enter at the largest priority seen so far."""
+        rows = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows).reshape(-1)
+        self.tree.update(rows, np.full(rows.size, self.max_priority**self.alpha))
+
+    def remove(self, rows: Tensor | np.ndarray) -> None:
+        """Rows that no longer hold a transition: probability 0 from now on."""
+        rows = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows).reshape(-1)
+        self.tree.update(rows, np.zeros(rows.size))
+
+    def sample(self, batch_size: int, beta: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``batch_size`` rows drawn by priority (stratified) and their importance weights (float32, CPU).
+
+        The weights are normalized by the largest weight any stored row could get: w_i / max_j w_j =
+        (p_min / p_i)^beta, where N and the total cancel out.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        idx = self.tree.sample(batch_size, generator)
+        weights = (self.tree.min / self.tree[idx]).pow_(beta).float()
+        return idx, weights
+
+    def update(self, rows: Tensor, td_errors: Tensor) -> None:
+        """Set the priorities of ``rows`` to ``(|td_errors| + eps) ** alpha`` (vectorized, O(B log N))."""
+        p = td_errors.detach().abs().double().cpu().numpy().reshape(-1) + self.eps
+        self.max_priority = max(self.max_priority, float(p.max()))
+        self.tree.update(rows.cpu().numpy(), p**self.alpha)
+
+    def probabilities(self) -> Tensor:
+        """P(i) of every row (for tests and diagnostics)."""
+        leaves = self.tree.leaves()
+        return leaves / leaves.sum()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"priorities": self.tree.leaves().clone(), "max_priority": self.max_priority, "alpha": self.alpha}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "priorities" not in state:
+            raise ValueError("the state has no priorities: it was saved without prioritized replay")
+        self.tree.set_leaves(state["priorities"])
+        self.max_priority = float(state["max_priority"])
+
+
 class PrioritizedReplayBuffer(ReplayBuffer):
-    """A replay buffer sampled in proportion to ``priority ** alpha``.
+    """A :class:`ReplayBuffer` sampled in proportion to ``priority ** alpha`` (a :class:`PrioritizedSampler` inside).
 
     Args:
         buffer_size, n_envs, memmap, memmap_dir, obs_keys, device: as :class:`ReplayBuffer`.
@@ -43,73 +109,52 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         eps: added to every new priority so that no transition gets probability 0.
     """
 
-    def __init__(
-        self,
-        buffer_size: int,
-        n_envs: int = 1,
-        alpha: float = 0.6,
-        eps: float = 1e-6,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, buffer_size: int, n_envs: int = 1, alpha: float = 0.6, eps: float = 1e-6, **kwargs: Any):
         super().__init__(buffer_size, n_envs, **kwargs)
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.alpha = float(alpha)
-        self.eps = float(eps)
-        # The tree lives on the CPU even for a GPU buffer: its walk is a few hundred tiny ops per batch.
-        self.tree = SumTree(self.buffer_size * self.n_envs)
-        self.max_priority = 1.0  # largest |delta| + eps seen so far (before the alpha exponent)
+        self.sampler = PrioritizedSampler(self.buffer_size * self.n_envs, alpha, eps)
+
+    @property
+    def tree(self) -> SumTree:
+        return self.sampler.tree
+
+    @property
+    def max_priority(self) -> float:
+        return self.sampler.max_priority
 
     def add(self, data: DataLike) -> None:
         """Store ``(T, n_envs, *)`` steps as :meth:`ReplayBuffer.add` does; the new rows get the max priority."""
         super().add(data)
         steps = next(iter(data.values())).shape[0] if isinstance(data, Mapping) else data.batch_size[0]
-        k = min(int(steps), self.buffer_size)
-        time_rows = (self.pos - k + np.arange(k)) % self.buffer_size
-        rows = (time_rows[:, None] * self.n_envs + np.arange(self.n_envs)).reshape(-1)
-        self.tree.update(rows, np.full(rows.size, self.max_priority**self.alpha))
+        self.sampler.on_add(last_rows(self, int(steps)))
 
     def sample_indices(
         self, batch_size: int, beta: float, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``batch_size`` flat row indices drawn by priority (stratified) and their importance weights (float32).
-
-        Both are on the buffer's device; the weights are normalized by the largest weight any stored row could get.
-        """
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        """``batch_size`` flat row indices drawn by priority and their importance weights, on the buffer's device."""
         if len(self) == 0:
             raise ValueError("cannot sample from an empty buffer")
-        idx = self.tree.sample(batch_size, generator)
-        # w_i / max_j w_j = (p_min / p_i)^beta: N and the total cancel out.
-        weights = (self.tree.min / self.tree[idx]).pow_(beta).float()
+        idx, weights = self.sampler.sample(batch_size, beta, generator)
         return idx.to(self.device), weights.to(self.device)
 
     def update_priorities(self, idx: Tensor, td_errors: Tensor) -> None:
-        """Set the priorities of rows ``idx`` to ``(|td_errors| + eps) ** alpha`` (vectorized, O(B log N))."""
-        p = td_errors.detach().abs().double().cpu().numpy().reshape(-1) + self.eps
-        self.max_priority = max(self.max_priority, float(p.max()))
-        self.tree.update(idx.cpu().numpy(), p**self.alpha)
+        """Set the priorities of rows ``idx`` to ``(|td_errors| + eps) ** alpha``."""
+        self.sampler.update(idx, td_errors)
 
     def probabilities(self) -> Tensor:
-        """P(i) of every flat row (for tests and diagnostics)."""
-        leaves = self.tree.leaves()
-        return leaves / leaves.sum()
+        return self.sampler.probabilities()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The stored steps (:meth:`ReplayBuffer.state_dict`) plus the priorities and the running max priority."""
-        out = super().state_dict()
-        out["priorities"] = self.tree.leaves().clone()
-        out["max_priority"] = self.max_priority
-        out["alpha"] = self.alpha
-        return out
+        return {**super().state_dict(), **self.sampler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        if "priorities" not in state:
-            raise ValueError("the state has no priorities: it was saved by a ReplayBuffer, not a prioritized one")
-        self.tree.set_leaves(state["priorities"])
-        self.max_priority = float(state["max_priority"])
+        self.sampler.load_state_dict(state)
+
+
+def last_rows(rb: Any, steps: int = 1) -> np.ndarray:
+    """The flat rows (``time * n_envs + env``) that the last ``add`` of ``steps`` steps wrote into a ring buffer."""
+    k = min(int(steps), rb.buffer_size)
+    time_rows = (rb.pos - k + np.arange(k)) % rb.buffer_size
+    return (time_rows[:, None] * rb.n_envs + np.arange(rb.n_envs)).reshape(-1)

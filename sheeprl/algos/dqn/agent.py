@@ -15,7 +15,8 @@ from sheeprl.models.qheads import dueling
 
 
 def build_encoder(obs_space: gym.spaces.Dict, cfg: Any) -> MultiEncoder:
-    """The observation encoder of ``cfg.algo``: NatureCNN over ``cnn_keys`` (channels first), an MLP over ``mlp_keys``.
+    """The observation encoder of ``cfg.algo``: a CNN over ``cnn_keys`` (channels first; NatureCNN for Atari, the
+    MinAtar net for 10x10 planes, by ``algo.cnn_encoder``), the concatenated ``mlp_keys`` beside it.
 
     Vector keys go through an identity MLP encoder here: the Q head's hidden layers do the work.
     """
@@ -24,7 +25,9 @@ def build_encoder(obs_space: gym.spaces.Dict, cfg: Any) -> MultiEncoder:
     cnn = None
     if cnn_keys:
         shapes = [obs_space[k].shape for k in cnn_keys]
-        cnn = CNNEncoder(cnn_keys, [s[0] for s in shapes], screen_size=shapes[0][-1], features_dim=a.cnn_features)
+        cnn = CNNEncoder(
+            cnn_keys, [s[0] for s in shapes], screen_size=shapes[0][-1], features_dim=a.cnn_features, kind=a.cnn_encoder
+        )
     mlp = None
     if mlp_keys:
         mlp = MLPEncoder(mlp_keys, [int(np.prod(obs_space[k].shape)) for k in mlp_keys], [])

@@ -33,7 +33,10 @@ class DQNArgs(AlgoConfig):
     dense_units: int = arg(256, "hidden units per layer of the Q head")
     mlp_layers: int = arg(2, "hidden layers of the Q head (0 = linear on the encoder's features)")
     activation: str = arg("relu", "hidden activation: relu, tanh, elu, silu, gelu")
-    cnn_features: int = arg(512, "features of the CNN encoder (NatureCNN's last layer) for pixel keys")
+    cnn_features: int = arg(512, "features of the CNN encoder (its last layer) for pixel keys")
+    cnn_encoder: str = arg(
+        "auto", "pixel encoder: nature (84x84 Atari), minatar (10x10 planes) or auto (nature from 36x36 pixels up)"
+    )
     optimizer: OptimizerConfig = arg(help="Adam settings of the Q-network", factory=dqn_optimizer)
 
 
@@ -64,6 +67,8 @@ def validate_value_based(cfg: Any, trainers: int) -> None:
             raise ConfigError(f"algo.{key} must lie in [0, 1], got {a[key]}")
     if a.mlp_layers > 0 and a.dense_units < 1:
         raise ConfigError(f"algo.dense_units must be >= 1, got {a.dense_units}")
+    if a.cnn_encoder not in ("auto", "nature", "minatar"):
+        raise ConfigError(f"algo.cnn_encoder must be 'auto', 'nature' or 'minatar', got '{a.cnn_encoder}'")
     if cfg.buffer.size < 2:
         raise ConfigError(f"buffer.size must be >= 2, got {cfg.buffer.size}")
     if trainers > 0 and a.batch_size % trainers != 0:

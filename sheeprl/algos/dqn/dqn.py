@@ -26,6 +26,7 @@ from torch import Tensor
 from sheeprl.algos.dqn.agent import QNetwork, build_agent
 from sheeprl.algos.dqn.loss import q_loss, td_target
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
@@ -67,17 +68,20 @@ def make_optimizer(q: QNetwork, cfg: Any) -> torch.optim.Optimizer:
     )
 
 
-def make_buffer(cfg: Any, run: Run, num_envs: int, keys: list[str], device: torch.device) -> ReplayBuffer:
-    """This rank's replay buffer: memory-mapped under the run folder when ``buffer.memmap``, else on ``device``."""
+def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> ReplayBuffer | FrameReplayBuffer:
+    """This rank's replay buffer (memory-mapped under the run folder when ``buffer.memmap``, else on ``device``).
+
+    With pixel keys a :class:`FrameReplayBuffer`, which stores every frame once (not once per stacked copy, not
+    again as the next observation); with vector keys only a :class:`ReplayBuffer` of (s, a, r, s') rows.
+    """
+    a = cfg.algo
     memmap_dir = run.log_dir / "memmap_buffer" / f"rank_{run.rank}" if cfg.buffer.memmap else None
-    return ReplayBuffer(
-        cfg.buffer.size,
-        num_envs,
-        memmap=cfg.buffer.memmap,
-        memmap_dir=memmap_dir,
-        obs_keys=tuple(keys),
-        device="cpu" if cfg.buffer.memmap else device,
-    )
+    where = dict(memmap=cfg.buffer.memmap, memmap_dir=memmap_dir, device="cpu" if cfg.buffer.memmap else device)
+    if a.cnn_keys.encoder:
+        return FrameReplayBuffer(
+            cfg.buffer.size, num_envs, frame_keys=tuple(a.cnn_keys.encoder), stack=cfg.env.frame_stack, **where
+        )
+    return ReplayBuffer(cfg.buffer.size, num_envs, obs_keys=tuple(a.mlp_keys.encoder), **where)
 
 
 def real_next_obs(next_obs: dict[str, Tensor], infos: dict[str, Any], keys: list[str]) -> dict[str, Tensor]:
@@ -92,6 +96,21 @@ def real_next_obs(next_obs: dict[str, Tensor], infos: dict[str, Any], keys: list
     for k in keys:
         out[k] = next_obs[k].clone()
         out[k][rows] = final[k].to(out[k].dtype)
+    return out
+
+
+def transition(
+    obs_t: dict[str, Tensor], next_t: dict[str, Tensor], infos: dict[str, Any], keys: list[str], step: tuple
+) -> dict[str, Tensor]:
+    """One ``(1, n_envs, *)`` step for the buffer: s, the real s', a, r, terminated and truncated."""
+    actions, rewards, terminated, truncated = step
+    real_next = real_next_obs(next_t, infos, keys)
+    out = {k: obs_t[k][None] for k in keys}
+    out.update({f"next_{k}": real_next[k][None] for k in keys})
+    out["actions"] = actions[None]
+    out["rewards"] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None]
+    out["terminated"] = torch.from_numpy(terminated.astype(np.float32))[None]
+    out["truncated"] = torch.from_numpy(truncated.astype(np.float32))[None]
     return out
 
 
@@ -127,7 +146,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         target_q.load_state_dict(state["target_q"])
     optimizer = make_optimizer(q_raw, cfg)
     ratio = Ratio(a.replay_ratio)
-    rb = make_buffer(cfg, run, num_envs, keys, device)
+    rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
     gradient_steps = 0
     if state:
@@ -168,13 +187,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             actions = epsilon_greedy(q_raw, {k: v.to(device) for k, v in obs_t.items()}, epsilon, num_actions)
             next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
             next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-            real_next = real_next_obs(next_t, infos, keys)
-            step = {k: obs_t[k][None] for k in keys}
-            step.update({f"next_{k}": real_next[k][None] for k in keys})
-            step["actions"] = actions[None]
-            step["rewards"] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None]
-            step["terminated"] = torch.from_numpy(terminated.astype(np.float32))[None]
-            rb.add(step)
+            rb.add(transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
             obs_t = next_t
             run.record_episodes(infos)
 
@@ -183,7 +196,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
             steps = ratio(num_envs * world)
             if steps > 0:
                 with run.timer("train"):
-                    sample = rb.sample(batch_per_rank, n_samples=steps)
+                    # A frame buffer rebuilds the next stacks from its frames; a ReplayBuffer stored next_<key> rows.
+                    frames = isinstance(rb, FrameReplayBuffer)
+                    sample = rb.sample(batch_per_rank, sample_next_obs=frames, n_samples=steps)
                     data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
                     for i in range(steps):
                         losses = train(fabric, q, target_q, optimizer, {k: v[i] for k, v in data.items()}, cfg)

@@ -45,7 +45,10 @@ class RainbowArgs(AlgoConfig):
     dense_units: int = arg(512, "hidden units per layer of the head (each stream when dueling)")
     mlp_layers: int = arg(1, "hidden layers of the head")
     activation: str = arg("relu", "hidden activation: relu, tanh, elu, silu, gelu")
-    cnn_features: int = arg(512, "features of the CNN encoder (NatureCNN's last layer) for pixel keys")
+    cnn_features: int = arg(512, "features of the CNN encoder (its last layer) for pixel keys")
+    cnn_encoder: str = arg(
+        "auto", "pixel encoder: nature (84x84 Atari), minatar (10x10 planes) or auto (nature from 36x36 pixels up)"
+    )
     optimizer: OptimizerConfig = arg(help="Adam settings", factory=rainbow_optimizer)
 
 

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from sheeprl.algos.dqn.dqn import epsilon_greedy, real_next_obs
+from sheeprl.algos.dqn.dqn import epsilon_greedy, transition
+from sheeprl.algos.dqn.dqn import make_buffer as make_storage
 from sheeprl.algos.rainbow.agent import RainbowNetwork, build_agent
 from sheeprl.algos.rainbow.loss import distributional_loss, project_distribution, q_loss, td_target
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.data.nstep import nstep_batch, uniform_rows
-from sheeprl.data.prioritized import PrioritizedReplayBuffer, beta_schedule
+from sheeprl.data.prioritized import PrioritizedSampler, beta_schedule, last_rows
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
@@ -91,33 +92,64 @@ def make_optimizer(q: RainbowNetwork, cfg: Any) -> torch.optim.Optimizer:
     )
 
 
-def make_buffer(cfg: Any, run: Run, num_envs: int, keys: list[str], device: torch.device) -> ReplayBuffer:
-    """This rank's buffer of one-step transitions: prioritized or uniform, in RAM or memory-mapped."""
+def make_buffer(
+    cfg: Any, run: Run, num_envs: int, device: torch.device
+) -> tuple[ReplayBuffer | FrameReplayBuffer, Optional[PrioritizedSampler]]:
+    """This rank's storage of one-step transitions (frames stored once for pixel keys, as in dqn.py) and, with
+    prioritized replay, the priorities of its rows."""
     a = cfg.algo
-    memmap_dir = run.log_dir / "memmap_buffer" / f"rank_{run.rank}" if cfg.buffer.memmap else None
-    kwargs: dict[str, Any] = dict(
-        memmap=cfg.buffer.memmap,
-        memmap_dir=memmap_dir,
-        obs_keys=tuple(keys),
-        device="cpu" if cfg.buffer.memmap else device,
+    rb = make_storage(cfg, run, num_envs, device)
+    sampler = (
+        PrioritizedSampler(cfg.buffer.size * num_envs, a.priority_alpha, a.priority_eps) if a.prioritized else None
     )
-    if a.prioritized:
-        return PrioritizedReplayBuffer(cfg.buffer.size, num_envs, alpha=a.priority_alpha, eps=a.priority_eps, **kwargs)
-    return ReplayBuffer(cfg.buffer.size, num_envs, **kwargs)
+    return rb, sampler
+
+
+def store(rb: ReplayBuffer | FrameReplayBuffer, sampler: Optional[PrioritizedSampler], step: dict[str, Tensor]) -> None:
+    """Write one step; its rows enter the priorities at the max priority."""
+    rows = rb.add(step)
+    if sampler is not None:
+        sampler.on_add(rows if rows is not None else last_rows(rb))
 
 
 def sample_batch(
-    rb: ReplayBuffer, cfg: Any, batch_size: int, policy_step: int, keys: list[str], device: torch.device
+    rb: ReplayBuffer | FrameReplayBuffer,
+    sampler: Optional[PrioritizedSampler],
+    cfg: Any,
+    batch_size: int,
+    policy_step: int,
+    keys: list[str],
+    device: torch.device,
 ) -> tuple[Tensor, Optional[Tensor], dict[str, Tensor]]:
     """Rows drawn by priority (or uniformly), their importance weights, and their n-step transitions on ``device``."""
     a = cfg.algo
-    if isinstance(rb, PrioritizedReplayBuffer):
-        idx, weights = rb.sample_indices(batch_size, beta_schedule(a.priority_beta, policy_step, a.total_steps))
+    weights = None
+    if sampler is not None:
+        rows, weights = sampler.sample(batch_size, beta_schedule(a.priority_beta, policy_step, a.total_steps))
+        if isinstance(rb, FrameReplayBuffer):
+            # A frame buffer may drop its oldest rows before overwriting them: take them out and draw again.
+            while not bool((ok := rb.valid(rows)).all()):
+                sampler.remove(rows[~ok])
+                rows, weights = sampler.sample(batch_size, beta_schedule(a.priority_beta, policy_step, a.total_steps))
         weights = weights.to(device)
+    elif isinstance(rb, FrameReplayBuffer):
+        rows = rb.sample_indices(batch_size)
     else:
-        idx, weights = uniform_rows(rb, batch_size), None
-    batch = nstep_batch(rb, idx, a.n_step, a.gamma, obs_keys=keys)
-    return idx, weights, {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        rows = uniform_rows(rb, batch_size)
+    batch = nstep_batch(rb, rows, a.n_step, a.gamma, obs_keys=keys)
+    return rows, weights, {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def buffer_state(rb: ReplayBuffer | FrameReplayBuffer, sampler: Optional[PrioritizedSampler]) -> dict[str, Any]:
+    return {"storage": rb.state_dict(), **({"sampler": sampler.state_dict()} if sampler is not None else {})}
+
+
+def load_buffer_state(
+    rb: ReplayBuffer | FrameReplayBuffer, sampler: Optional[PrioritizedSampler], state: dict[str, Any]
+) -> None:
+    rb.load_state_dict(state["storage"])
+    if sampler is not None:
+        sampler.load_state_dict(state["sampler"])
 
 
 def act(q: RainbowNetwork, obs: dict[str, Tensor], cfg: Any, policy_step: int) -> Tensor:
@@ -130,21 +162,6 @@ def act(q: RainbowNetwork, obs: dict[str, Tensor], cfg: Any, policy_step: int) -
         q.reset_noise()
         return q.act(obs).cpu()
     return epsilon_greedy(q, obs, linear_schedule(a.eps_start, a.eps_end, a.exploration_steps, policy_step), n)
-
-
-def transition(
-    obs_t: dict[str, Tensor], next_t: dict[str, Tensor], infos: dict[str, Any], keys: list[str], step: tuple
-) -> dict[str, Tensor]:
-    """One ``(1, n_envs, *)`` step for the buffer: s, the real s', a, r, terminated and done (for n-step windows)."""
-    actions, rewards, terminated, truncated = step
-    real_next = real_next_obs(next_t, infos, keys)
-    out = {k: obs_t[k][None] for k in keys}
-    out.update({f"next_{k}": real_next[k][None] for k in keys})
-    out["actions"] = actions[None]
-    out["rewards"] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None]
-    out["terminated"] = torch.from_numpy(terminated.astype(np.float32))[None]
-    out["dones"] = torch.from_numpy((terminated | truncated).astype(np.float32))[None]
-    return out
 
 
 def main(fabric: Fabric, cfg: Any) -> None:
@@ -166,7 +183,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         target_q.load_state_dict(state["target_q"])
     optimizer = make_optimizer(q_raw, cfg)
     ratio = Ratio(a.replay_ratio)
-    rb = make_buffer(cfg, run, num_envs, keys, device)
+    rb, sampler = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
     gradient_steps = 0
     if state:
@@ -174,7 +191,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         ratio.load_state_dict(state["ratio"])
         gradient_steps = int(state["gradient_steps"])
         if "buffer" in state:
-            rb.load_state_dict(state["buffer"])
+            load_buffer_state(rb, sampler, state["buffer"])
         else:
             train_from = max(a.learning_starts, run.start_step + a.learning_starts)
     optimizer = fabric.setup_optimizers(optimizer)
@@ -188,7 +205,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             "gradient_steps": gradient_steps,
         }
         if cfg.checkpoint.save_buffer:
-            out["buffer"] = rb.state_dict()
+            out["buffer"] = buffer_state(rb, sampler)
         return out
 
     obs, _ = envs.reset(seed=env_seed)
@@ -204,7 +221,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
             actions = act(q_raw, {k: v.to(device) for k, v in obs_t.items()}, cfg, policy_step)
             next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
             next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-            rb.add(transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
+            store(rb, sampler, transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
             obs_t = next_t
             run.record_episodes(infos)
 
@@ -214,10 +231,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
             if steps > 0:
                 with run.timer("train"):
                     for _ in range(steps):
-                        idx, weights, batch = sample_batch(rb, cfg, batch_per_rank, policy_step, keys, device)
+                        rows, weights, batch = sample_batch(rb, sampler, cfg, batch_per_rank, policy_step, keys, device)
                         losses, priorities = train(fabric, q, target_q, optimizer, batch, weights, cfg)
-                        if isinstance(rb, PrioritizedReplayBuffer):
-                            rb.update_priorities(idx, priorities)
+                        if sampler is not None:
+                            sampler.update(rows, priorities)
                         gradient_steps += 1
                         if gradient_steps % a.target_update_every == 0:
                             update_target(q, target_q, a.tau)

@@ -26,10 +26,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tensordict import TensorDict
 
+from sheeprl.algos.dqn.dqn import transition
 from sheeprl.algos.rainbow.agent import build_agent
-from sheeprl.algos.rainbow.rainbow import act, make_buffer, make_optimizer, sample_batch, train, transition
+from sheeprl.algos.rainbow.rainbow import (
+    act,
+    buffer_state,
+    load_buffer_state,
+    make_buffer,
+    make_optimizer,
+    sample_batch,
+    store,
+    train,
+)
 from sheeprl.algos.sac.sac_decoupled import gradient_steps_due, round_length, train_from_step
-from sheeprl.data.prioritized import PrioritizedReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
 from sheeprl.utils.ratio import Ratio
@@ -51,18 +60,18 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     comm.sync_weights(q)  # start from the trainers' weights (identical after a resume)
 
     ratio = Ratio(a.replay_ratio)
-    rb = make_buffer(cfg, run, num_envs, keys, device)
+    rb, sampler = make_buffer(cfg, run, num_envs, device)
     if run.state:
         ratio.load_state_dict(run.state["ratio"])
         if "buffer" in run.state:
-            rb.load_state_dict(run.state["buffer"])
+            load_buffer_state(rb, sampler, run.state["buffer"])
     train_from = train_from_step(cfg, run)
     trainer_state: dict[str, Any] = {}
 
     def state_fn() -> dict[str, Any]:
         out = {"q": q.state_dict(), "ratio": ratio.state_dict(), **trainer_state}
         if cfg.checkpoint.save_buffer:
-            out["buffer"] = rb.state_dict()
+            out["buffer"] = buffer_state(rb, sampler)
         return out
 
     obs, _ = envs.reset(seed=cfg.seed)
@@ -79,7 +88,7 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                 actions = act(q, {k: v.to(device) for k, v in obs_t.items()}, cfg, policy_step)
                 next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
                 next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-                rb.add(transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
+                store(rb, sampler, transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
                 obs_t = next_t
                 run.record_episodes(infos)
 
@@ -89,7 +98,7 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             with run.timer("train"):
                 rows, batches = [], []
                 for _ in range(steps):
-                    idx, weights, batch = sample_batch(rb, cfg, a.batch_size, policy_step, keys, device)
+                    idx, weights, batch = sample_batch(rb, sampler, cfg, a.batch_size, policy_step, keys, device)
                     batch["weights"] = weights if weights is not None else torch.ones(a.batch_size, device=device)
                     rows.append(idx)
                     batches.append(batch)
@@ -97,8 +106,8 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                 stacked = {k: torch.stack([b[k] for b in batches], dim=1) for k in batches[0]}
                 comm.send_batch(TensorDict(stacked, batch_size=(a.batch_size, steps)))
                 priorities = torch.cat(comm.gather_from_trainers(), dim=0)  # (batch, G), trainer chunks in order
-                if isinstance(rb, PrioritizedReplayBuffer):
-                    rb.update_priorities(torch.stack(rows, dim=1).reshape(-1), priorities.reshape(-1))
+                if sampler is not None:
+                    sampler.update(torch.stack(rows, dim=1).reshape(-1), priorities.reshape(-1))
                 comm.sync_weights(q)
 
         # ---- the collectives every rank runs in the same order: log, checkpoint, Ctrl-C
