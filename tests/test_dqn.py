@@ -46,7 +46,7 @@ def test_dqn_smoke_double_dueling_writes_logs_and_checkpoint(cli, tmp_path):
     assert {"q", "target_q", "optimizer", "ratio", "gradient_steps"} <= state.keys()
     assert any(k.startswith("advantage") for k in state["q"])  # the dueling streams
     # the checkpoint evaluates through the registry, as a user would
-    proc = cli("eval", str(ckpt), "--episodes", "2", cwd=tmp_path, timeout=300)
+    proc = cli("eval", "--checkpoint_path", str(ckpt), "--episodes", "2", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -80,7 +80,7 @@ def test_dqn_minatar_pixels_smoke(cli, tmp_path):
     ids=["box", "ratio", "tau", "eps", "batch_split"],
 )
 def test_dqn_rejects_bad_input_with_one_line(cli, tmp_path, args, message):
-    proc = cli("dqn", *args, cwd=tmp_path, timeout=120)
+    proc = cli("dqn", *args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "logs").exists()
@@ -108,7 +108,9 @@ def test_dqn_resume_with_the_replay_buffer(cli, tmp_path):
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_dqn_solves_cartpole(cli, tmp_path, seed):
     """DQN with its preset reaches a greedy evaluation mean (Test/rew_avg) >= 475 on CartPole-v1 within 50k steps."""
-    proc = cli("exp=dqn_cartpole", "--seed", seed, "--num_threads", "1", "--eval_every", "0", cwd=tmp_path, timeout=1800)
+    proc = cli(
+        "exp=dqn_cartpole", "--seed", seed, "--num_threads", "1", "--eval_every", "0", cwd=tmp_path, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     ((step, value),) = scalars(run)["Test/rew_avg"]
