@@ -46,7 +46,7 @@ def test_dqn_smoke_double_dueling_writes_logs_and_checkpoint(cli, tmp_path):
     assert {"q", "target_q", "optimizer", "ratio", "gradient_steps"} <= state.keys()
     assert any(k.startswith("advantage") for k in state["q"])  # the dueling streams
     # the checkpoint evaluates through the registry, as a user would
-    proc = cli("eval", "--checkpoint_path", str(ckpt), "--episodes", "2", cwd=tmp_path, timeout=300)
+    proc = cli("eval", "--checkpoint_path", str(ckpt), "--eval_episodes", "2", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

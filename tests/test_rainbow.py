@@ -49,7 +49,7 @@ def test_rainbow_smoke_writes_logs_and_checkpoint(cli, tmp_path):
     priorities = state["buffer"]["sampler"]["priorities"]
     assert priorities[:300].gt(0).all() and priorities[300:].eq(0).all()  # 150 steps x 2 envs stored
     assert len(set(priorities[:300].tolist())) > 1  # the updates changed them
-    proc = cli("eval", "--checkpoint_path", str(ckpt), "--episodes", "2", cwd=tmp_path, timeout=300)
+    proc = cli("eval", "--checkpoint_path", str(ckpt), "--eval_episodes", "2", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
