@@ -1,6 +1,15 @@
-"""SAC update throughput against Stable-Baselines3, on Pendulum-v1 and HalfCheetah-v5.
+"""SAC speed against Stable-Baselines3: whole process (default) and per-component throughput (--parts).
 
-    OMP_NUM_THREADS=1 python benchmarks/sac.py [--grad_steps 300] [--env_steps 300] [--threads 1] [--device cpu]
+    python benchmarks/sac.py [--rounds 3] [--threads 1] [--sb3_python /work/peers/sb3/bin/python] [--repo DIR]
+    OMP_NUM_THREADS=1 python benchmarks/sac.py --parts [--grad_steps 300] [--env_steps 300] [--device cpu]
+
+Whole process (issue 13's measurement): wall seconds from process start to exit of SAC on Pendulum-v1, 5k env steps
+of which the first 1k are random warm-up, so 4k gradient steps at replay ratio 1, batch 256, 2x256 actor and twin
+critics, Adam, automatic entropy tuning; ours is ``python sheeprl.py sac ...`` as a user types it (no evaluation,
+no checkpoint), SB3's the equivalent ``SAC("MlpPolicy", ...).learn(5000)`` script, run with the Python of a
+scratch venv that has stable-baselines3 (``--sb3_python``). The two alternate (``--rounds`` times) so that a busy
+machine slows both alike; the ratio of the medians is printed. ``--repo DIR`` times another checkout of sheeprl
+(e.g. the previous commit) as a third column.
 
 Same settings on both sides: batch 256, two 256-unit hidden layers for actor and twin critics, replay ratio 1,
 automatic entropy tuning, Adam. Prints per environment:
@@ -14,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +76,7 @@ def sheeprl_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -
     )
 
     def step(batch: dict) -> None:
-        train(fabric, actor, critic, target, log_alpha, opts, batch, cfg, -float(act_dim), True, 1)
+        train(fabric, actor, critic, target, log_alpha, opts, batch, cfg, -float(act_dim), True, None)
 
     # sample time
     for _ in range(20):
@@ -146,6 +159,81 @@ def sb3_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -> di
     return {"grad steps/s": grad_sps, "SPS (ratio 1)": sps, "sample (us)": sample_us}
 
 
+WHOLE_STEPS, WARM_UP = 5000, 1000
+
+SB3_SCRIPT = f"""
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+from stable_baselines3 import SAC
+SAC("MlpPolicy", "Pendulum-v1", batch_size=256, learning_starts={WARM_UP}, train_freq=1, gradient_steps=1,
+    policy_kwargs={{"net_arch": [256, 256]}}, buffer_size=100_000, learning_rate=1e-3, device="cpu", seed=0,
+    verbose=0).learn({WHOLE_STEPS})
+"""
+
+
+def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> float:
+    """Wall seconds of one process, from start to exit (it must succeed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark run failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def ours_cmd(repo: Path, log_root: str, threads: int) -> list[str]:
+    return [
+        sys.executable,
+        str(repo / "sheeprl.py"),
+        "sac",
+        "--env_id", "Pendulum-v1",
+        "--total_steps", str(WHOLE_STEPS),
+        "--learning_starts", str(WARM_UP),
+        "--batch_size", "256",
+        "--dense_units", "256",
+        "--mlp_layers", "2",
+        "--replay_ratio", "1",
+        "--num_threads", str(threads),
+        "--eval_episodes", "0",
+        "--checkpoint.every", "0",
+        "--checkpoint.save_last", "false",
+        "--log_root", log_root,
+    ]  # fmt: skip
+
+
+def whole_process(args: argparse.Namespace) -> None:
+    print(
+        f"SAC Pendulum-v1, whole process: {WHOLE_STEPS} env steps, {WHOLE_STEPS - WARM_UP} gradient steps, batch 256, "
+        f"2x256, {args.threads} thread(s); {args.rounds} interleaved rounds; seconds (lower is better)"
+    )
+    have_sb3 = Path(args.sb3_python).exists()
+    times: dict[str, list[float]] = {"sheeprl": [], "SB3": [], "other": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            row = {"sheeprl": timed(ours_cmd(ROOT, tmp, args.threads), args.threads)}
+            if have_sb3:
+                row["SB3"] = timed([args.sb3_python, "-c", SB3_SCRIPT, str(args.threads)], args.threads)
+            if args.repo:
+                row["other"] = timed(ours_cmd(Path(args.repo), tmp, args.threads), args.threads)
+            for k, v in row.items():
+                times[k].append(v)
+            print(f"  round {r + 1}: " + "  ".join(f"{k} {v:6.1f}s" for k, v in row.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    print("  median: " + "  ".join(f"{k} {v:6.1f}s" for k, v in med.items()))
+    if "SB3" in med:
+        ratios = [b / a for a, b in zip(times["sheeprl"], times["SB3"], strict=True)]
+        print(
+            f"  sheeprl is {med['SB3'] / med['sheeprl']:.2f}x SB3's speed (per round: "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+            + ")"
+        )
+    else:
+        print(f"  SB3 not found at {args.sb3_python} (python3 -m venv DIR; DIR/bin/pip install stable-baselines3)")
+    if "other" in med:
+        print(f"  sheeprl is {med['other'] / med['sheeprl']:.2f}x the speed of {args.repo}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grad_steps", type=int, default=300)
@@ -153,7 +241,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
+    parser.add_argument("--parts", action="store_true", help="per-component throughput instead of whole process")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sb3_python", default="/work/peers/sb3/bin/python")
+    parser.add_argument("--repo", default=None, help="another sheeprl checkout to time as well")
     args = parser.parse_args()
+    if not args.parts:
+        whole_process(args)
+        return
     torch.set_num_threads(args.threads)
     torch.distributions.Distribution.set_default_validate_args(False)
     print(f"batch {BATCH}, 2x256 nets, replay ratio 1, {args.threads} thread(s), device {args.device}")

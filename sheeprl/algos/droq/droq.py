@@ -25,12 +25,12 @@ from torch import Tensor
 
 from sheeprl.algos.droq.agent import build_agent
 from sheeprl.algos.droq.loss import actor_loss, critic_loss, critic_target, entropy_loss
-from sheeprl.algos.sac.agent import QEnsemble, flat_obs, polyak_update
-from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs
+from sheeprl.algos.sac.agent import QEnsemble, polyak_update
+from sheeprl.algos.sac.sac import make_buffer, make_optimizers
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -150,38 +150,21 @@ def main(fabric: Fabric, cfg: Any) -> None:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
-    policy_step = run.start_step
-    critic_steps = 0
-    while policy_step < a.total_steps:
-        policy_step += num_envs * world
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts, world_size=world
+    )
 
-        # ---- act, step, store
-        with run.timer("env"):
-            if policy_step <= a.learning_starts:
-                actions = low + torch.rand(num_envs, action_dim) * (high - low)
-            else:
-                with torch.no_grad():
-                    actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(
-                actions.view(num_envs, *action_space.shape).numpy()
-            )
-            next_t = flat_obs(obs_to_torch(next_obs), keys)
-            rb.add(
-                {
-                    "observations": obs_t[None],
-                    "next_observations": real_next_obs(next_t, infos, keys)[None],
-                    "actions": actions[None],
-                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                }
-            )
-            obs_t = next_t
-            run.record_episodes(infos)
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor_raw(obs.to(device))[0]
+
+    critic_steps = 0
+    policy_step = run.start_step
+    while policy_step < a.total_steps:
+        # ---- act, step, store (a ~ uniform during the warm-up, then a ~ pi(.|s))
+        policy_step = collector.step(act)
 
         # ---- learn: G critic steps per policy step, then the actor
         if policy_step > train_from:

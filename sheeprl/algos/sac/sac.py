@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, flat_obs, polyak_update
+from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, polyak_update
 from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -125,17 +125,6 @@ def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> Repl
     )
 
 
-def real_next_obs(next_obs: Tensor, infos: dict[str, Any], keys: Any) -> Tensor:
-    """``next_obs`` with the real final observation where an episode ended (SAME_STEP autoreset put the next
-    episode's first observation there), so that a truncated transition bootstraps from where it really ended."""
-    if "_final_obs" not in infos or not infos["_final_obs"].any():
-        return next_obs
-    done = infos["_final_obs"]
-    real = next_obs.clone()
-    real[torch.from_numpy(np.flatnonzero(done))] = flat_obs(obs_to_torch(final_obs_batch(infos, done, keys)), keys)
-    return real
-
-
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
     a = cfg.algo
@@ -195,42 +184,24 @@ def main(fabric: Fabric, cfg: Any) -> None:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
-    policy_step = run.start_step
-    gradient_steps = 0
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts, world_size=world
+    )
+
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor_raw(obs.to(device))[0]
 
     def average_alpha_grad(grad: Tensor) -> None:
         grad.copy_(fabric.all_reduce(grad, reduce_op="mean"))
 
+    gradient_steps = 0
+    policy_step = run.start_step
     while policy_step < a.total_steps:
-        policy_step += num_envs * world
-
-        # ---- act, step, store
-        with run.timer("env"):
-            if policy_step <= a.learning_starts:
-                actions = low + torch.rand(num_envs, action_dim) * (high - low)
-            else:
-                with torch.no_grad():
-                    actions = actor_raw(obs_t.to(device))[0].cpu()
-            next_obs, rewards, terminated, truncated, infos = envs.step(
-                actions.view(num_envs, *action_space.shape).numpy()
-            )
-            next_t = flat_obs(obs_to_torch(next_obs), keys)
-            rb.add(
-                {
-                    "observations": obs_t[None],
-                    "next_observations": real_next_obs(next_t, infos, keys)[None],
-                    "actions": actions[None],
-                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                }
-            )
-            obs_t = next_t
-            run.record_episodes(infos)
+        # ---- act, step, store (a ~ uniform during the warm-up, then a ~ pi(.|s))
+        policy_step = collector.step(act)
 
         # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
         if policy_step > train_from:

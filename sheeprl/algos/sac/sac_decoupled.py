@@ -29,13 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import build_agent, flat_obs
-from sheeprl.algos.sac.sac import make_buffer, make_optimizers, real_next_obs, train
+from sheeprl.algos.sac.agent import build_agent
+from sheeprl.algos.sac.sac import make_buffer, make_optimizers, train
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -67,7 +67,6 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     keys = list(a.mlp_keys.encoder)
     envs = make_vector_env(cfg, seed=cfg.seed, run_dir=str(run.log_dir))
     action_space = envs.single_action_space
-    action_dim = int(np.prod(action_space.shape))
     actor, _ = build_agent(envs.single_observation_space, action_space, cfg, run.state)
     actor = actor.to(device).eval()
     comm.sync_weights(actor)  # start from the trainers' weights (identical after a resume)
@@ -87,39 +86,21 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
     obs, _ = envs.reset(seed=cfg.seed)
     run.restore_rank_state(envs)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
+    collector = Collector(envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts)
+
+    def act(obs: Tensor) -> Tensor:
+        with torch.no_grad():
+            return actor(obs.to(device))[0]
+
     policy_step = run.start_step
     while policy_step < a.total_steps:
         round_steps = round_length(cfg, policy_step)
 
         # ---- act, step, store (as in sac.py)
-        with run.timer("env"):
-            for _ in range(round_steps):
-                policy_step += num_envs
-                if policy_step <= a.learning_starts:
-                    actions = low + torch.rand(num_envs, action_dim) * (high - low)
-                else:
-                    with torch.no_grad():
-                        actions = actor(obs_t.to(device))[0].cpu()
-                next_obs, rewards, terminated, truncated, infos = envs.step(
-                    actions.view(num_envs, *action_space.shape).numpy()
-                )
-                next_t = flat_obs(obs_to_torch(next_obs), keys)
-                rb.add(
-                    {
-                        "observations": obs_t[None],
-                        "next_observations": real_next_obs(next_t, infos, keys)[None],
-                        "actions": actions[None],
-                        "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                        "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                    }
-                )
-                obs_t = next_t
-                run.record_episodes(infos)
+        for _ in range(round_steps):
+            policy_step = collector.step(act)
 
         # ---- hand G batches to the trainers, wait for the updated actor
         steps = gradient_steps_due(ratio, policy_step, round_steps * num_envs, train_from)

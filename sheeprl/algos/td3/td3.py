@@ -21,18 +21,17 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from sheeprl.algos.sac.agent import QEnsemble, flat_obs, polyak_update
-from sheeprl.algos.sac.sac import make_buffer, real_next_obs
+from sheeprl.algos.sac.agent import QEnsemble, polyak_update
+from sheeprl.algos.sac.sac import make_buffer
 from sheeprl.algos.td3.agent import TD3Actor, build_agent
 from sheeprl.algos.td3.loss import actor_loss, critic_loss, critic_target, smoothed_target_actions
+from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
-from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -91,7 +90,6 @@ def main(fabric: Fabric, cfg: Any) -> None:
     env_seed = cfg.seed + rank * num_envs
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
     action_space = envs.single_action_space
-    action_dim = int(np.prod(action_space.shape))
 
     state: Optional[dict[str, Any]] = run.state
     actor_raw, critic_raw = build_agent(envs.single_observation_space, action_space, cfg, state)
@@ -145,39 +143,25 @@ def main(fabric: Fabric, cfg: Any) -> None:
             out["buffer"] = rb.state_dict()
         return out
 
-    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten()
-    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten()
+    low = torch.as_tensor(action_space.low, dtype=torch.float32).flatten().to(device)
+    high = torch.as_tensor(action_space.high, dtype=torch.float32).flatten().to(device)
     exploration_std = a.exploration_noise * (high - low) / 2.0
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
-    obs_t = flat_obs(obs_to_torch(obs), keys)
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=flat_state(keys), learning_starts=a.learning_starts, world_size=world
+    )
+
+    def act(obs: Tensor) -> Tensor:
+        """mu(s) plus Gaussian exploration noise, clipped to the action bounds."""
+        with torch.no_grad():
+            actions = actor_raw(obs.to(device))
+        return torch.maximum(torch.minimum(actions + torch.randn_like(actions) * exploration_std, high), low)
+
     policy_step = run.start_step
     while policy_step < a.total_steps:
-        policy_step += num_envs * world
-
-        # ---- act with Gaussian exploration noise, step, store
-        with run.timer("env"):
-            if policy_step <= a.learning_starts:
-                actions = low + torch.rand(num_envs, action_dim) * (high - low)
-            else:
-                with torch.no_grad():
-                    actions = actor_raw(obs_t.to(device)).cpu()
-                actions = torch.maximum(torch.minimum(actions + torch.randn_like(actions) * exploration_std, high), low)
-            next_obs, rewards, terminated, truncated, infos = envs.step(
-                actions.view(num_envs, *action_space.shape).numpy()
-            )
-            next_t = flat_obs(obs_to_torch(next_obs), keys)
-            rb.add(
-                {
-                    "observations": obs_t[None],
-                    "next_observations": real_next_obs(next_t, infos, keys)[None],
-                    "actions": actions[None],
-                    "rewards": torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None],
-                    "terminated": torch.from_numpy(terminated.astype(np.float32))[None],
-                }
-            )
-            obs_t = next_t
-            run.record_episodes(infos)
+        # ---- act (uniform during the warm-up), step, store
+        policy_step = collector.step(act)
 
         # ---- learn
         if policy_step > train_from:
