@@ -141,6 +141,7 @@ def rainbow_grad_steps(grad_steps: int) -> None:
     n = 20_000
     rb = FrameReplayBuffer(n, 1, frame_keys=(key,), stack=1)
     sampler = PrioritizedSampler(n, 0.5)
+    store = rainbow.PrioritizedStore(rb, sampler)
     g = torch.Generator().manual_seed(0)
     for _ in range(n):
         step = {
@@ -151,7 +152,7 @@ def rainbow_grad_steps(grad_steps: int) -> None:
             "terminated": (torch.rand(1, 1, generator=g) < 0.01).float(),
             "truncated": torch.zeros(1, 1),
         }
-        rainbow.store(rb, sampler, step)
+        store.add(step)
 
     def measure(label: str, step_fn) -> float:
         for _ in range(10):

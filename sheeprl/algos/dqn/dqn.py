@@ -8,6 +8,7 @@ DQN: van Hasselt et al., 2016; dueling: Wang et al., 2016):
         epsilon = linear decay from eps_start to eps_end over exploration_steps
         a = uniform random with probability epsilon (always during learning_starts), else argmax_a Q(s, a)
         step the envs; store (s, a, r, s', terminated) in D, s' being the real final observation at an episode end
+                                                           (the shared off-policy collector, data/collector.py)
         for replay_ratio gradient steps per policy step (fractions accumulate):
             sample a batch from D
             y = r + gamma * (1 - terminated) * Q'(s', argmax_a Q'(s', a))     (double: argmax_a Q(s', a))
@@ -17,6 +18,7 @@ DQN: van Hasselt et al., 2016; dueling: Wang et al., 2016):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -26,13 +28,14 @@ from torch import Tensor
 from sheeprl.algos.dqn.agent import QNetwork, build_agent
 from sheeprl.algos.dqn.loss import q_loss, td_target
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.collector import Collector
 from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
 from sheeprl.utils.targets import make_target, update_target
-from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
+from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -84,34 +87,13 @@ def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> Repl
     return ReplayBuffer(cfg.buffer.size, num_envs, obs_keys=tuple(a.mlp_keys.encoder), **where)
 
 
-def real_next_obs(next_obs: dict[str, Tensor], infos: dict[str, Any], keys: list[str]) -> dict[str, Tensor]:
-    """``next_obs`` with the real final observation where an episode ended (SAME_STEP autoreset put the next
-    episode's first observation there), so that a truncated transition bootstraps from where it really ended."""
-    if "_final_obs" not in infos or not infos["_final_obs"].any():
-        return next_obs
-    done = infos["_final_obs"]
-    rows = torch.from_numpy(np.flatnonzero(done))
-    final = obs_to_torch(final_obs_batch(infos, done, keys))
-    out = {}
-    for k in keys:
-        out[k] = next_obs[k].clone()
-        out[k][rows] = final[k].to(out[k].dtype)
-    return out
+def encoder_obs(keys: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, Tensor]]:
+    """The collector's ``obs_fn``: the encoder's keys as tensors (pixels stay uint8 / bool)."""
 
+    def fn(obs: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        return obs_to_torch({k: obs[k] for k in keys})
 
-def transition(
-    obs_t: dict[str, Tensor], next_t: dict[str, Tensor], infos: dict[str, Any], keys: list[str], step: tuple
-) -> dict[str, Tensor]:
-    """One ``(1, n_envs, *)`` step for the buffer: s, the real s', a, r, terminated and truncated."""
-    actions, rewards, terminated, truncated = step
-    real_next = real_next_obs(next_t, infos, keys)
-    out = {k: obs_t[k][None] for k in keys}
-    out.update({f"next_{k}": real_next[k][None] for k in keys})
-    out["actions"] = actions[None]
-    out["rewards"] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None]
-    out["terminated"] = torch.from_numpy(terminated.astype(np.float32))[None]
-    out["truncated"] = torch.from_numpy(truncated.astype(np.float32))[None]
-    return out
+    return fn
 
 
 def epsilon_greedy(q: QNetwork, obs: dict[str, Tensor], epsilon: float, num_actions: int) -> Tensor:
@@ -173,23 +155,20 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
-    obs_t = {k: v for k, v in obs_to_torch(obs).items() if k in keys}
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=encoder_obs(keys), learning_starts=a.learning_starts, world_size=world
+    )
+
+    def epsilon() -> float:
+        return linear_schedule(a.eps_start, a.eps_end, a.exploration_steps, collector.policy_step)
+
+    def act(obs: dict[str, Tensor]) -> Tensor:
+        return epsilon_greedy(q_raw, {k: v.to(device) for k, v in obs.items()}, epsilon(), num_actions)
+
     policy_step = run.start_step
-
     while policy_step < a.total_steps:
-        policy_step += num_envs * world
-
-        # ---- act (epsilon-greedy), step, store
-        with run.timer("env"):
-            epsilon = linear_schedule(a.eps_start, a.eps_end, a.exploration_steps, policy_step)
-            if policy_step <= a.learning_starts:
-                epsilon = 1.0
-            actions = epsilon_greedy(q_raw, {k: v.to(device) for k, v in obs_t.items()}, epsilon, num_actions)
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
-            next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-            rb.add(transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
-            obs_t = next_t
-            run.record_episodes(infos)
+        # ---- act (uniform during the warm-up, then epsilon-greedy), step, store
+        policy_step = collector.step(act)
 
         # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
         if policy_step > train_from:
@@ -208,7 +187,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                     # The last step's losses stand for the window: reading every step's would sync a GPU each time.
                     for name, value in losses.items():
                         run.metrics.update(name, value)
-            run.metrics.update("Info/epsilon", epsilon)
+            run.metrics.update("Info/epsilon", epsilon())
 
         run.log(policy_step)
         if run.eval_due(policy_step):

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor
 
-from sheeprl.algos.dqn.dqn import epsilon_greedy, transition
+from sheeprl.algos.dqn.dqn import encoder_obs, epsilon_greedy
 from sheeprl.algos.dqn.dqn import make_buffer as make_storage
 from sheeprl.algos.rainbow.agent import RainbowNetwork, build_agent
 from sheeprl.algos.rainbow.loss import distributional_loss, project_distribution, q_loss, td_target
 from sheeprl.data import ReplayBuffer
+from sheeprl.data.collector import Collector
 from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.data.nstep import nstep_batch, uniform_rows
 from sheeprl.data.prioritized import PrioritizedSampler, beta_schedule, last_rows
@@ -37,7 +38,6 @@ from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
 from sheeprl.utils.targets import make_target, unwrap, update_target
-from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -105,11 +105,16 @@ def make_buffer(
     return rb, sampler
 
 
-def store(rb: ReplayBuffer | FrameReplayBuffer, sampler: Optional[PrioritizedSampler], step: dict[str, Tensor]) -> None:
-    """Write one step; its rows enter the priorities at the max priority."""
-    rows = rb.add(step)
-    if sampler is not None:
-        sampler.on_add(rows if rows is not None else last_rows(rb))
+class PrioritizedStore:
+    """What the collector writes into: the storage, whose new rows enter the priorities at the max priority."""
+
+    def __init__(self, rb: ReplayBuffer | FrameReplayBuffer, sampler: Optional[PrioritizedSampler]) -> None:
+        self.rb, self.sampler = rb, sampler
+
+    def add(self, step: dict[str, Tensor]) -> None:
+        rows = self.rb.add(step)
+        if self.sampler is not None:
+            self.sampler.on_add(rows if rows is not None else last_rows(self.rb))
 
 
 def sample_batch(
@@ -153,11 +158,9 @@ def load_buffer_state(
 
 
 def act(q: RainbowNetwork, obs: dict[str, Tensor], cfg: Any, policy_step: int) -> Tensor:
-    """Uniform actions during learning_starts; then noisy greedy actions, or epsilon-greedy when noisy is off."""
+    """Noisy greedy actions (fresh noise every step), or epsilon-greedy when noisy is off."""
     a = cfg.algo
     n = int(q.num_actions)
-    if policy_step <= a.learning_starts:
-        return torch.randint(n, (next(iter(obs.values())).shape[0],))
     if a.noisy:
         q.reset_noise()
         return q.act(obs).cpu()
@@ -210,20 +213,23 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     obs, _ = envs.reset(seed=env_seed)
     run.restore_rank_state(envs)
-    obs_t = {k: v for k, v in obs_to_torch(obs).items() if k in keys}
+    collector = Collector(
+        envs,
+        PrioritizedStore(rb, sampler),
+        run,
+        obs,
+        obs_fn=encoder_obs(keys),
+        learning_starts=a.learning_starts,
+        world_size=world,
+    )
+
+    def policy(obs: dict[str, Tensor]) -> Tensor:
+        return act(q_raw, {k: v.to(device) for k, v in obs.items()}, cfg, collector.policy_step)
+
     policy_step = run.start_step
-
     while policy_step < a.total_steps:
-        policy_step += num_envs * world
-
-        # ---- act, step, store
-        with run.timer("env"):
-            actions = act(q_raw, {k: v.to(device) for k, v in obs_t.items()}, cfg, policy_step)
-            next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
-            next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-            store(rb, sampler, transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
-            obs_t = next_t
-            run.record_episodes(infos)
+        # ---- act (uniform during the warm-up, then noisy / epsilon-greedy), step, store at the max priority
+        policy_step = collector.step(policy)
 
         # ---- learn: each gradient step samples with the priorities the previous one left
         if policy_step > train_from:

@@ -25,26 +25,27 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from tensordict import TensorDict
+from torch import Tensor
 
-from sheeprl.algos.dqn.dqn import transition
+from sheeprl.algos.dqn.dqn import encoder_obs
 from sheeprl.algos.rainbow.agent import build_agent
 from sheeprl.algos.rainbow.rainbow import (
+    PrioritizedStore,
     act,
     buffer_state,
     load_buffer_state,
     make_buffer,
     make_optimizer,
     sample_batch,
-    store,
     train,
 )
 from sheeprl.algos.sac.sac_decoupled import gradient_steps_due, round_length, train_from_step
+from sheeprl.data.collector import Collector
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.targets import make_target, update_target
-from sheeprl.utils.tensors import obs_to_torch
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -76,21 +77,20 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
 
     obs, _ = envs.reset(seed=cfg.seed)
     run.restore_rank_state(envs)
-    obs_t = {k: v for k, v in obs_to_torch(obs).items() if k in keys}
+    collector = Collector(
+        envs, PrioritizedStore(rb, sampler), run, obs, obs_fn=encoder_obs(keys), learning_starts=a.learning_starts
+    )
+
+    def policy(obs: dict[str, Tensor]) -> Tensor:
+        return act(q, {k: v.to(device) for k, v in obs.items()}, cfg, collector.policy_step)
+
     policy_step = run.start_step
     while policy_step < a.total_steps:
         round_steps = round_length(cfg, policy_step)
 
         # ---- act, step, store (as in rainbow.py)
-        with run.timer("env"):
-            for _ in range(round_steps):
-                policy_step += num_envs
-                actions = act(q, {k: v.to(device) for k, v in obs_t.items()}, cfg, policy_step)
-                next_obs, rewards, terminated, truncated, infos = envs.step(actions.numpy())
-                next_t = {k: v for k, v in obs_to_torch(next_obs).items() if k in keys}
-                store(rb, sampler, transition(obs_t, next_t, infos, keys, (actions, rewards, terminated, truncated)))
-                obs_t = next_t
-                run.record_episodes(infos)
+        for _ in range(round_steps):
+            policy_step = collector.step(policy)
 
         # ---- hand G batches to the trainers; take back their priorities and the new weights
         steps = gradient_steps_due(ratio, policy_step, round_steps * num_envs, train_from)
