@@ -92,3 +92,34 @@ def test_nstep_window_validates_and_uniform_rows_cover_the_stored_steps():
     rb = filled(5)
     rows = uniform_rows(rb, 1000, torch.Generator().manual_seed(0))
     assert set(rows.tolist()) == set(range(5))
+
+
+def test_nstep_on_a_frame_buffer_matches_the_replay_buffer():
+    """The same steps in a FrameReplayBuffer (frames stored once) give the same n-step transitions."""
+    from sheeprl.data.frames import FrameReplayBuffer
+
+    g = torch.Generator().manual_seed(1)
+    T, N, n, gamma = 30, 2, 3, 0.9
+    frames = torch.randint(0, 255, (T + 1, N, 1, 4, 4), generator=g, dtype=torch.uint8)
+    terminated = (torch.rand(T, N, generator=g) < 0.1).float()
+    truncated = (torch.rand(T, N, generator=g) < 0.1).float() * (1 - terminated)
+    rewards = torch.randn(T, N, generator=g)
+    actions = torch.randint(3, (T, N), generator=g)
+    plain = ReplayBuffer(64, n_envs=N, obs_keys=("px",))
+    framed = FrameReplayBuffer(64, n_envs=N, frame_keys=("px",), stack=1)
+    for t in range(T):
+        step = {
+            "px": frames[t][None],
+            "next_px": frames[t + 1][None],
+            "actions": actions[t][None],
+            "rewards": rewards[t][None],
+            "terminated": terminated[t][None],
+            "truncated": truncated[t][None],
+        }
+        plain.add(step)
+        framed.add(step)
+    rows = torch.arange(T * N)
+    a = nstep_batch(plain, rows, n=n, gamma=gamma, obs_keys=("px",))
+    b = nstep_batch(framed, rows, n=n, gamma=gamma, obs_keys=("px",))
+    for key in ("px", "next_px", "actions", "rewards", "discounts"):
+        assert torch.allclose(a[key].float(), b[key].float()), key
