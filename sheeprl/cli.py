@@ -40,6 +40,8 @@ EXIT_USAGE = 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sheeprl.evaluate", "main"),
     "plot": ("sheeprl.plot", "main"),
+    "export": ("sheeprl.export", "main"),
+    "tune": ("sheeprl.tune", "main"),
 }
 
 
@@ -56,6 +58,7 @@ class SchemaField:
     type: Any
     default: Any
     help: str
+    catch_all: bool = False  # a dict that receives its group's keys the schema does not name
 
     @property
     def type_name(self) -> str:
@@ -107,7 +110,7 @@ def schema_fields(schema: type, prefix: str = "", instance: Any = None) -> list[
         if dataclasses.is_dataclass(value):
             out.extend(schema_fields(type(value), key + ".", value))
         else:
-            out.append(SchemaField(key, tp, value, f.metadata.get("help", "")))
+            out.append(SchemaField(key, tp, value, f.metadata.get("help", ""), f.metadata.get("catch_all", False)))
     return out
 
 
@@ -264,6 +267,8 @@ def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> lis
                     raise UsageError(f"unknown preset {bare}={value}{_did_you_mean(value, options, prefix=bare + '=')}")
             elif _under_dict_field(bare, fields):
                 tok = f"++{bare}={value}"  # free-form dicts (e.g. env.kwargs) accept new keys
+            elif bare not in by_key and _catch_all(bare, fields):
+                tok = f"++{_catch_all(bare, fields)}.{bare.rpartition('.')[2]}={value}"  # algo.optimizer.alpha
             elif bare not in by_key:
                 raise UsageError(f"unknown config key '{bare}'{_did_you_mean(bare, list(by_key), prefix='')}")
             overrides.append(tok)
@@ -274,6 +279,12 @@ def argv_to_overrides(args: Sequence[str], fields: Sequence[SchemaField]) -> lis
 
 
 _BOOL_WORDS = {"true", "false", "1", "0", "yes", "no", "on", "off"}
+
+
+def _catch_all(key: str, fields: Sequence[SchemaField]) -> Optional[str]:
+    """The catch-all dict of ``key``'s group (``algo.optimizer.alpha`` -> ``algo.optimizer.kwargs``), if it has one."""
+    group = key.rpartition(".")[0]
+    return next((f.key for f in fields if f.catch_all and f.key.rpartition(".")[0] == group), None)
 
 
 def _under_dict_field(key: str, fields: Sequence[SchemaField]) -> bool:
@@ -396,6 +407,9 @@ def build_config(algo: str, args: Sequence[str]) -> tuple[Any, Any]:
     cfg = compose_config(spec, overrides)
     try:
         validate_common(cfg)
+        from sheeprl.utils.optim import validate_optimizers
+
+        validate_optimizers(cfg, spec.schema)
         if spec.validate is not None:
             spec.validate(cfg)
     except ConfigError as err:
@@ -453,6 +467,9 @@ def print_algorithms() -> None:
         for name in sorted(COMMANDS):
             print(f"  {name:<{width}}  python sheeprl.py {name} -h")
     print("\npython sheeprl.py <algorithm> -h lists every argument of a run.")
+    print(
+        "python sheeprl.py <algorithm> ... --multirun seed=1,2,3 [--jobs N] runs a sweep (howto/sweeps_and_tuning.md)."
+    )
 
 
 def print_arguments(spec: Any) -> None:
@@ -501,6 +518,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             module, func = COMMANDS[argv[0]]
             return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
         argv = _take_config_dirs(argv)
+        if any(a in ("--multirun", "-m") for a in argv):
+            from sheeprl.sweep import run_sweep
+
+            return run_sweep(argv)
         algo, rest = _split_algo(argv)
         if algo is None:
             raise UsageError("no algorithm given; run 'python sheeprl.py --sheeprl_help' to list them")

@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
-def arg(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a help string (``factory`` for mutable defaults)."""
+def arg(default: Any = None, help: str = "", *, factory: Any = None, catch_all: bool = False) -> Any:
+    """A dataclass field with a help string (``factory`` for mutable defaults).
+
+    ``catch_all`` marks a dict field that receives the keys of its group the schema does not name:
+    ``algo.optimizer.alpha=0.99`` is stored as ``algo.optimizer.kwargs.alpha``.
+    """
+    metadata = {"help": help, "catch_all": catch_all}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class ConfigError(ValueError):
@@ -104,11 +109,31 @@ class KeysConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """A learning-rate schedule over the run's updates (sheeprl/utils/optim.py build_scheduler)."""
+
+    name: str = arg("constant", "learning-rate schedule: constant, linear or cosine (decay to final_lr_ratio * lr)")
+    warmup: float = arg(0.0, "fraction of the updates that warm the learning rate up linearly from 0 (0 = none)")
+    final_lr_ratio: float = arg(0.0, "linear and cosine schedules end at lr * final_lr_ratio")
+
+
+@dataclass
 class OptimizerConfig:
+    """Any ``torch.optim`` class by name; keys the schema does not name go to ``kwargs`` (checked against the class)."""
+
+    name: str = arg("Adam", "torch.optim class: Adam, AdamW, SGD, RMSprop, ... (its other arguments: <node>.ARG=VALUE)")
     lr: float = arg(3e-4, "learning rate")
-    eps: float = arg(1e-8, "Adam epsilon")
-    weight_decay: float = arg(0.0, "weight decay")
-    betas: list[float] = arg(help="Adam betas", factory=lambda: [0.9, 0.999])
+    eps: float = arg(1e-8, "epsilon (passed only to optimizers that take one)")
+    weight_decay: float = arg(0.0, "weight decay (passed only to optimizers that take it)")
+    betas: list[float] = arg(
+        help="Adam-style betas (passed only to optimizers that take them)", factory=lambda: [0.9, 0.999]
+    )
+    kwargs: dict[str, Any] = arg(
+        help="other keyword arguments of the class (momentum, alpha, amsgrad, ...); <node>.ARG=V lands here",
+        factory=dict,
+        catch_all=True,
+    )
+    schedule: ScheduleConfig = arg(help="learning-rate schedule", factory=ScheduleConfig)
 
 
 @dataclass

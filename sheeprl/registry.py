@@ -15,7 +15,8 @@ algorithm: everything it knows comes from the :class:`AlgorithmSpec`.
 
 A checkpoint evaluation registers with ``@register_evaluation("ppo")`` on a ``load_policy``
 function in the algorithm's ``utils.py`` (see ``sheeprl/algos/ppo/utils.py`` for the protocol);
-the evaluation command imports that module on demand.
+the evaluation command imports that module on demand. ``@register_export`` (same module) registers
+the export builder of a policy with a state; stateless policies are exported from their evaluation.
 """
 
 from __future__ import annotations
@@ -94,6 +95,33 @@ def get_evaluation(name: str) -> Optional[Callable[..., Any]]:
             if err.name != package + ".utils":
                 raise
     return _EVALUATIONS.get(name)
+
+
+_EXPORTS: dict[str, Callable[..., Any]] = {}
+
+
+def register_export(algorithms: str | Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn(cfg, state, observation_space, action_space) -> nn.Module`` as the exported policy of algorithms.
+
+    Only algorithms whose policy carries a state (recurrent ones) need this: the module's
+    ``forward(obs, state) -> (action, new_state)`` takes and returns dicts of batched tensors and its
+    ``state_shapes`` attribute ({name: per-sample shape}) names the state (zeros at an episode start).
+    Every other algorithm is exported from its registered evaluation's greedy policy (see sheeprl/export.py).
+    """
+    names = [algorithms] if isinstance(algorithms, str) else list(algorithms)
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for n in names:
+            _EXPORTS[n] = fn
+        return fn
+
+    return decorator
+
+
+def get_export(name: str) -> Optional[Callable[..., Any]]:
+    """The export builder of algorithm ``name`` (None: export its greedy evaluation policy)."""
+    get_evaluation(name)  # imports the algorithm's utils.py, which registers both
+    return _EXPORTS.get(name)
 
 
 _LOADED = False

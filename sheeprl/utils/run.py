@@ -222,6 +222,7 @@ class Run:
         self.logger.log_metrics(
             {"Test/rew_avg": ret["mean"], "Test/rew_std": ret["std"], "Test/ep_len_avg": length["mean"]}, policy_step
         )
+        self.logger.flush()  # now, not in two minutes: `sheeprl.py tune` prunes from these points while the run goes on
         self.progress.print(
             f"evaluation at step {policy_step}: return {ret['mean']:.2f} +- {ret['std']:.2f} "
             f"over {len(result['returns'])} episodes (length {length['mean']:.1f})"

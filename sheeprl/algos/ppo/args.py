@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, arg
+from sheeprl.config import AlgoConfig, ConfigError, OptimizerConfig, RunConfig, ScheduleConfig, arg
 from sheeprl.registry import register_algorithm
 
 
@@ -24,9 +24,11 @@ class PPOArgs(AlgoConfig):
     vf_coef: float = arg(0.5, "value loss coefficient")
     max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
     normalize_advantages: bool = arg(True, "normalize advantages per minibatch")
-    anneal_lr: bool = arg(True, "linearly anneal the learning rate to 0")
     target_kl: Optional[float] = arg(None, "stop the update epochs early when the approx KL exceeds this")
-    optimizer: OptimizerConfig = arg(help="Adam settings", factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5))
+    optimizer: OptimizerConfig = arg(
+        help="optimizer and learning-rate schedule (linear annealing to 0 by default)",
+        factory=lambda: OptimizerConfig(lr=2.5e-4, eps=1e-5, schedule=ScheduleConfig("linear")),
+    )
     dense_units: int = arg(64, "hidden units per layer of actor and critic")
     mlp_layers: int = arg(2, "hidden layers of actor and critic (0: linear heads on the encoder features)")
     activation: str = arg("tanh", "hidden activation: tanh, relu, elu, silu, gelu")

@@ -3,7 +3,7 @@
 Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
     for iteration = 1, 2, ...:
-        anneal the learning rate
+        step the learning-rate schedule (linear annealing by default)
         run the policy for rollout_steps in num_envs envs, storing (o, a, log pi(a|o), V(o), r, done)
         bootstrap truncated episodes from V(real final observation)
         compute advantages with GAE(gamma, lambda) and returns = advantages + values
@@ -21,6 +21,7 @@ from sheeprl.algos.ppo.agent import PPOAgent, build_agent
 from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, policy_loss, value_loss
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer, build_scheduler
 from sheeprl.utils.returns import gae, next_values_from_rollout
 from sheeprl.utils.run import Run
 from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
@@ -83,18 +84,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
-    optimizer = torch.optim.Adam(
-        agent.parameters(),
-        lr=a.optimizer.lr,
-        eps=a.optimizer.eps,
-        betas=tuple(a.optimizer.betas),
-        weight_decay=a.optimizer.weight_decay,
-    )
+    optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iters) if a.anneal_lr else 1.0
-    )
+    scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iters)
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])

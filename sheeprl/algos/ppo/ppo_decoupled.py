@@ -25,6 +25,7 @@ from sheeprl.algos.ppo.ppo import train
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
+from sheeprl.utils.optim import build_optimizer, build_scheduler
 from sheeprl.utils.returns import gae, next_values_from_rollout
 from sheeprl.utils.run import Run
 from sheeprl.utils.tensors import final_obs_batch, obs_to_torch
@@ -128,16 +129,8 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     if not isinstance(obs_space, gym.spaces.Dict):
         obs_space = gym.spaces.Dict({"state": obs_space})
     agent = build_agent(obs_space, action_space, cfg)
-    optimizer = torch.optim.Adam(
-        agent.parameters(),
-        lr=a.optimizer.lr,
-        eps=a.optimizer.eps,
-        betas=tuple(a.optimizer.betas),
-        weight_decay=a.optimizer.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: max(0.0, 1.0 - it / num_iterations(cfg)) if a.anneal_lr else 1.0
-    )
+    optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
+    scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iterations(cfg))
     if run.state:
         agent.load_state_dict(run.state["agent"])
         optimizer.load_state_dict(run.state["optimizer"])

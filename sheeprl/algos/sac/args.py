@@ -30,9 +30,11 @@ class SACArgs(AlgoConfig):
     critic_layer_norm: bool = arg(False, "layer norm in the critics' hidden layers (DroQ)")
     log_std_min: float = arg(-5.0, "lower bound of the actor's log standard deviation")
     log_std_max: float = arg(2.0, "upper bound of the actor's log standard deviation")
-    actor_optimizer: OptimizerConfig = arg(help="Adam settings of the actor", factory=OptimizerConfig)
-    critic_optimizer: OptimizerConfig = arg(help="Adam settings of the critics", factory=OptimizerConfig)
-    alpha_optimizer: OptimizerConfig = arg(help="Adam settings of the temperature", factory=OptimizerConfig)
+    actor_optimizer: OptimizerConfig = arg(help="optimizer of the actor (Adam by default)", factory=OptimizerConfig)
+    critic_optimizer: OptimizerConfig = arg(help="optimizer of the critics (Adam by default)", factory=OptimizerConfig)
+    alpha_optimizer: OptimizerConfig = arg(
+        help="optimizer of the temperature (Adam by default)", factory=OptimizerConfig
+    )
 
 
 @dataclass
@@ -42,6 +44,9 @@ class SACConfig(RunConfig):
 
 def validate_offpolicy(cfg: Any, trainers: int) -> None:
     """Checks shared by SAC, SAC decoupled and DroQ (``trainers``: ranks that split each batch)."""
+    from sheeprl.utils.optim import require_constant_schedule
+
+    require_constant_schedule(cfg, "algo.actor_optimizer", "algo.critic_optimizer", "algo.alpha_optimizer")
     a = cfg.algo
     for key in ("batch_size", "num_critics", "dense_units", "mlp_layers", "target_update_every"):
         if a[key] < 1:

@@ -32,6 +32,7 @@ from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entro
 from sheeprl.data import ReplayBuffer
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 
@@ -96,19 +97,12 @@ def train(
 
 
 def make_optimizers(actor: SACActor, critic: QEnsemble, log_alpha: Tensor, cfg: Any) -> tuple[Any, Any, Any]:
-    """Adam for the actor, the critics and the temperature, each with its own settings."""
-
-    def adam(params: Any, o: Any) -> torch.optim.Adam:
-        # fused: one kernel for all parameters (CPU and CUDA), far less Python per step than the default loop.
-        return torch.optim.Adam(
-            params, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
-        )
-
+    """The optimizers of the actor, the critics and the temperature, each with its own settings (fused Adam by default)."""
     a = cfg.algo
     return (
-        adam(actor.parameters(), a.actor_optimizer),
-        adam(critic.parameters(), a.critic_optimizer),
-        adam([log_alpha], a.alpha_optimizer),
+        build_optimizer(actor.parameters(), a.actor_optimizer, "algo.actor_optimizer"),
+        build_optimizer(critic.parameters(), a.critic_optimizer, "algo.critic_optimizer"),
+        build_optimizer([log_alpha], a.alpha_optimizer, "algo.alpha_optimizer"),
     )
 
 

@@ -27,8 +27,8 @@ class TD3Args(AlgoConfig):
     dense_units: int = arg(256, "hidden units per layer of actor and critics")
     mlp_layers: int = arg(2, "hidden layers of actor and critics")
     activation: str = arg("relu", "hidden activation: relu, tanh, elu, silu, gelu")
-    actor_optimizer: OptimizerConfig = arg(help="Adam settings of the actor", factory=OptimizerConfig)
-    critic_optimizer: OptimizerConfig = arg(help="Adam settings of the critics", factory=OptimizerConfig)
+    actor_optimizer: OptimizerConfig = arg(help="optimizer of the actor (Adam by default)", factory=OptimizerConfig)
+    critic_optimizer: OptimizerConfig = arg(help="optimizer of the critics (Adam by default)", factory=OptimizerConfig)
 
 
 @dataclass
@@ -46,6 +46,9 @@ class DDPGConfig(RunConfig):
 
 def validate(cfg: Any) -> None:
     """TD3/DDPG checks, run by the CLI before anything is written."""
+    from sheeprl.utils.optim import require_constant_schedule
+
+    require_constant_schedule(cfg, "algo.actor_optimizer", "algo.critic_optimizer")
     a = cfg.algo
     for key in ("batch_size", "num_critics", "dense_units", "mlp_layers", "policy_delay"):
         if a[key] < 1:

@@ -30,6 +30,7 @@ from sheeprl.algos.td3.agent import TD3Actor, build_agent
 from sheeprl.algos.td3.loss import actor_loss, critic_loss, critic_target, smoothed_target_actions
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 
@@ -103,16 +104,8 @@ def main(fabric: Fabric, cfg: Any) -> None:
     target_actor.to(device)
     target_critic.to(device)
 
-    def adam(params: Any, o: Any) -> torch.optim.Adam:
-        # fused: one kernel for all parameters (CPU and CUDA), far less Python per step than the default loop.
-        return torch.optim.Adam(
-            params, lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
-        )
-
-    actor_opt, critic_opt = (
-        adam(actor_raw.parameters(), a.actor_optimizer),
-        adam(critic_raw.parameters(), a.critic_optimizer),
-    )
+    actor_opt = build_optimizer(actor_raw.parameters(), a.actor_optimizer, "algo.actor_optimizer")
+    critic_opt = build_optimizer(critic_raw.parameters(), a.critic_optimizer, "algo.critic_optimizer")
     ratio = Ratio(a.replay_ratio)
     rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts

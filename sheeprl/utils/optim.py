@@ -1,0 +1,197 @@
+"""Optimizers by name and learning-rate schedules, for every algorithm.
+
+An optimizer node of the config (``algo.optimizer``, ``algo.actor_optimizer``, ... : any field typed
+:class:`~sheeprl.config.OptimizerConfig`) names a ``torch.optim`` class and its keyword arguments::
+
+    algo.optimizer.name=AdamW algo.optimizer.weight_decay=0.01
+    algo.optimizer.name=RMSprop algo.optimizer.alpha=0.99      # stored as algo.optimizer.kwargs.alpha
+
+The typed fields ``eps``, ``betas`` and ``weight_decay`` are passed only to classes that take them
+(so ``name=SGD`` works with Adam's defaults in place); every other key must be an argument of the
+class. :func:`validate_optimizers` checks all of it when the CLI validates the config, before
+anything runs, with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from typing import Any, Optional
+
+import torch
+
+from sheeprl.config import ConfigError, OptimizerConfig
+
+SCHEDULES = ("constant", "linear", "cosine")
+# Typed fields of OptimizerConfig handed to the class only when its signature takes them.
+_OPTIONAL_FIELDS = ("eps", "betas", "weight_decay")
+_NOT_KWARGS = ("name", "kwargs", "schedule")
+
+
+def optimizer_names() -> list[str]:
+    """Every optimizer class ``torch.optim`` exports."""
+    return sorted(
+        n
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    )
+
+
+def optimizer_class(name: str, where: str = "optimizer") -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` class called ``name`` (case-insensitive); ConfigError with a did-you-mean otherwise."""
+    names = optimizer_names()
+    by_lower = {n.lower(): n for n in names}
+    if name.lower() in by_lower:
+        return getattr(torch.optim, by_lower[name.lower()])
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.5)]
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else f"; choose one of {', '.join(names)}"
+    raise ConfigError(f"unknown optimizer {where}.name={name}{hint}")
+
+
+def _signature(cls: type) -> set[str]:
+    return {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")}
+
+
+def optimizer_kwargs(cfg: Any, where: str = "optimizer") -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """(class, keyword arguments) of an optimizer node; raises ConfigError on an argument the class does not take."""
+    cls = optimizer_class(str(cfg["name"]), where)
+    accepted = _signature(cls)
+    kwargs: dict[str, Any] = {"lr": float(cfg["lr"])}
+    for key in _OPTIONAL_FIELDS:
+        if key in accepted and cfg.get(key) is not None:
+            value = cfg[key]
+            kwargs[key] = tuple(value) if key == "betas" else value
+    for key, value in dict(cfg.get("kwargs") or {}).items():
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
+            hint = f" (did you mean '{where}.{close[0]}'?)" if close else f"; it takes {', '.join(sorted(accepted))}"
+            raise ConfigError(f"{where}.{key}: {cls.__name__} takes no argument '{key}'{hint}")
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    if cls is torch.optim.LBFGS:
+        raise ConfigError(
+            f"{where}.name: LBFGS needs a closure that re-evaluates the loss; RL updates do not provide one"
+        )
+    return cls, kwargs
+
+
+def build_optimizer(params: Any, cfg: Any, where: str = "optimizer") -> torch.optim.Optimizer:
+    """The optimizer an ``OptimizerConfig`` node describes, over ``params``.
+
+    Classes that have a fused implementation get ``fused=True`` unless the node sets ``fused`` or
+    ``foreach``: one kernel for all parameters (CPU and CUDA), far less Python per step.
+    """
+    cls, kwargs = optimizer_kwargs(cfg, where)
+    params = list(params)
+    if "fused" in _signature(cls) and "fused" not in kwargs and "foreach" not in kwargs:
+        try:
+            return cls(params, **kwargs, fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass  # e.g. parameters on a device without fused kernels: the default implementation
+    return cls(params, **kwargs)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Any, total_updates: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR over ``total_updates`` calls of ``scheduler.step()`` for a ``ScheduleConfig`` node.
+
+    The factor on the learning rate at update ``t`` (0-based) is a linear warm-up over the first
+    ``warmup * total_updates`` updates, then ``constant`` 1, ``linear`` from 1 to ``final_lr_ratio``
+    or ``cosine`` from 1 to ``final_lr_ratio``; it stays at its final value past the end.
+    """
+    fn = schedule_factor(str(cfg.name), float(cfg.warmup), float(cfg.final_lr_ratio), int(total_updates))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def schedule_factor(name: str, warmup: float, final_ratio: float, total_updates: int) -> Any:
+    """``factor(t)`` of :func:`build_scheduler` as a picklable callable."""
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{name}'; choose one of {', '.join(SCHEDULES)}")
+    return _Factor(name, warmup, final_ratio, max(1, total_updates))
+
+
+class _Factor:
+    def __init__(self, name: str, warmup: float, final_ratio: float, total: int) -> None:
+        self.name, self.final_ratio, self.total = name, final_ratio, total
+        self.warmup_updates = int(round(warmup * total))
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup_updates:
+            return (t + 1) / self.warmup_updates
+        if self.name == "constant":
+            return 1.0
+        progress = min(1.0, (t - self.warmup_updates) / max(1, self.total - self.warmup_updates))
+        r = self.final_ratio
+        if self.name == "linear":
+            return 1.0 - (1.0 - r) * progress
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def optimizer_paths(schema: type, prefix: str = "") -> list[str]:
+    """Dotted paths of every OptimizerConfig node in a (nested dataclass) schema."""
+    import dataclasses
+    import typing
+
+    out: list[str] = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        if isinstance(tp, type) and issubclass(tp, OptimizerConfig):
+            out.append(prefix + f.name)
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.extend(optimizer_paths(tp, f"{prefix}{f.name}."))
+    return out
+
+
+def validate_optimizer(node: Any, where: str, default: Optional[Any] = None) -> None:
+    """One optimizer node: class, arguments (against the signature and by building it on a dummy tensor), schedule.
+
+    A typed field (eps, betas, weight_decay) that the class does not take is an error only when it was
+    changed from ``default`` (the schema's value), i.e. when the user asked for it.
+    """
+    cls, kwargs = optimizer_kwargs(node, where)
+    accepted = _signature(cls)
+    for key in _OPTIONAL_FIELDS:
+        if key not in accepted and default is not None and node.get(key) != default.get(key):
+            raise ConfigError(f"{where}.{key}: {cls.__name__} takes no argument '{key}'")
+    try:
+        cls([torch.zeros(1, requires_grad=True)], **kwargs)
+    except (ValueError, TypeError, RuntimeError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{where}: {cls.__name__}: {msg}") from None
+    s = node.schedule
+    if s.name not in SCHEDULES:
+        close = difflib.get_close_matches(str(s.name), SCHEDULES, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; choose one of {', '.join(SCHEDULES)}"
+        raise ConfigError(f"unknown schedule {where}.schedule.name={s.name}{hint}")
+    if not 0.0 <= s.warmup < 1.0:
+        raise ConfigError(f"{where}.schedule.warmup must lie in [0, 1), got {s.warmup}")
+    if s.final_lr_ratio < 0:
+        raise ConfigError(f"{where}.schedule.final_lr_ratio must be >= 0, got {s.final_lr_ratio}")
+
+
+def validate_optimizers(cfg: Any, schema: type) -> None:
+    """Check every optimizer node of a composed config (called by the CLI before anything runs)."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.structured(schema)
+    for path in optimizer_paths(schema):
+        node = OmegaConf.select(cfg, path)
+        if node is not None:
+            validate_optimizer(node, path, OmegaConf.select(defaults, path))
+
+
+def require_constant_schedule(cfg: Any, *paths: str) -> None:
+    """For algorithms that step no scheduler: a schedule other than a constant one is a config error."""
+    from omegaconf import OmegaConf
+
+    for path in paths:
+        s = OmegaConf.select(cfg, path + ".schedule")
+        if s is not None and (s.name != "constant" or s.warmup > 0):
+            raise ConfigError(f"{cfg.algo.name} has a constant learning rate: {path}.schedule is not supported")
