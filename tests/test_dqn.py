@@ -115,3 +115,14 @@ def test_dqn_solves_cartpole(cli, tmp_path, seed):
     (run,) = run_dirs(tmp_path / "logs")
     ((step, value),) = scalars(run)["Test/rew_avg"]
     assert step == 50_000 and value >= 475.0, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("preset", ["exp=dqn_atari", "exp=rainbow_atari"])
+def test_atari_presets_smoke(cli, tmp_path, preset):
+    """The papers' Atari presets run end to end for a few hundred steps (small buffer, early warm-up end)."""
+    args = ["--total_steps", "200", "--learning_starts", "100", "--buffer.size", "1000", "--eval_episodes", "0"]
+    args += ["--metric.log_every", "100", "--num_threads", "1", "--checkpoint.save_last", "false"]
+    proc = cli(preset, *args, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "logs")
+    assert "Loss/q_loss" in scalars(run), sorted(scalars(run))

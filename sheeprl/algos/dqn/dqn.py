@@ -31,6 +31,7 @@ from sheeprl.data import ReplayBuffer
 from sheeprl.data.collector import Collector
 from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
@@ -64,11 +65,8 @@ def train(
 
 
 def make_optimizer(q: QNetwork, cfg: Any) -> torch.optim.Optimizer:
-    """Adam over the Q-network."""
-    o = cfg.algo.optimizer
-    return torch.optim.Adam(
-        q.parameters(), lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
-    )
+    """The optimizer of ``algo.optimizer`` (Adam by default; any torch.optim class by name) over the network."""
+    return build_optimizer(q.parameters(), cfg.algo.optimizer, "algo.optimizer")
 
 
 def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> ReplayBuffer | FrameReplayBuffer:

@@ -34,6 +34,7 @@ from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.data.nstep import nstep_batch, uniform_rows
 from sheeprl.data.prioritized import PrioritizedSampler, beta_schedule, last_rows
 from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
@@ -85,11 +86,8 @@ def train(
 
 
 def make_optimizer(q: RainbowNetwork, cfg: Any) -> torch.optim.Optimizer:
-    """Adam over the network (the paper's lr 6.25e-5, eps 1.5e-4 by default)."""
-    o = cfg.algo.optimizer
-    return torch.optim.Adam(
-        q.parameters(), lr=o.lr, eps=o.eps, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True
-    )
+    """The optimizer of ``algo.optimizer`` (Adam by default; any torch.optim class by name) over the network."""
+    return build_optimizer(q.parameters(), cfg.algo.optimizer, "algo.optimizer")
 
 
 def make_buffer(
