@@ -99,6 +99,13 @@ class DecoupledComm:
         dist.scatter_object_list(out, None, src=PLAYER, group=self.data_group)
         return out[0].to(self.fabric.device)
 
+    def gather_from_trainers(self, obj: Any = None) -> Optional[list[Any]]:
+        """Every trainer -> player: the trainers' picklable objects in trainer order (e.g. new priorities of the
+        chunks ``send_batch`` handed out); None on the trainers. Collective over every rank."""
+        out: Optional[list[Any]] = [None] * self.world_size if self.is_player else None
+        dist.gather_object(None if self.is_player else obj, out, dst=PLAYER, group=self.data_group)
+        return out[1:] if out is not None else None
+
     # ----------------------------------------------------------------------------------- weights & state
 
     def sync_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,198 @@
+"""Deep Q-Network, coupled: every rank plays its envs, fills its own buffer and trains (DDP).
+
+Algorithm (Mnih et al., 2015, "Human-level control through deep reinforcement learning", Algorithm 1; double
+DQN: van Hasselt et al., 2016; dueling: Wang et al., 2016):
+
+    initialize Q, target Q' <- Q, replay buffer D
+    for each policy step:
+        epsilon = linear decay from eps_start to eps_end over exploration_steps
+        a = uniform random with probability epsilon (always during learning_starts), else argmax_a Q(s, a)
+        step the envs; store (s, a, r, s', terminated) in D, s' being the real final observation at an episode end
+                                                           (the shared off-policy collector, data/collector.py)
+        for replay_ratio gradient steps per policy step (fractions accumulate):
+            sample a batch from D
+            y = r + gamma * (1 - terminated) * Q'(s', argmax_a Q'(s', a))     (double: argmax_a Q(s', a))
+            minimize Huber(Q(s, a) - y), gradient norm clipped to max_grad_norm
+            every target_update_every gradient steps: Q' <- Q (tau = 1) or Q' <- (1 - tau) Q' + tau Q
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sheeprl.algos.dqn.agent import QNetwork, build_agent
+from sheeprl.algos.dqn.loss import q_loss, td_target
+from sheeprl.data import ReplayBuffer
+from sheeprl.data.collector import Collector
+from sheeprl.data.frames import FrameReplayBuffer
+from sheeprl.envs import make_vector_env
+from sheeprl.utils.optim import build_optimizer
+from sheeprl.utils.ratio import Ratio
+from sheeprl.utils.run import Run
+from sheeprl.utils.schedules import linear_schedule
+from sheeprl.utils.targets import make_target, update_target
+from sheeprl.utils.tensors import obs_to_torch
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+
+
+def train(
+    fabric: Fabric, q: Any, target_q: QNetwork, optimizer: Any, batch: dict[str, Tensor], cfg: Any
+) -> dict[str, Tensor]:
+    """One gradient step on ``batch``; returns the detached loss and mean Q."""
+    a = cfg.algo
+    keys = target_q.encoder.keys
+    obs = {k: batch[k] for k in keys}
+    next_obs = {k: batch[f"next_{k}"] for k in keys}
+    with torch.no_grad():
+        next_q_online = q.module(next_obs) if a.double else None
+        discounts = a.gamma * (1.0 - batch["terminated"])
+        target = td_target(batch["rewards"], discounts, target_q(next_obs), next_q_online)
+    q_values = q(obs)
+    loss, _ = q_loss(q_values, batch["actions"], target)
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if a.max_grad_norm > 0:
+        fabric.clip_gradients(q, optimizer, max_norm=a.max_grad_norm)
+    optimizer.step()
+    return {"Loss/q_loss": loss.detach(), "Info/q_mean": q_values.detach().mean()}
+
+
+def make_optimizer(q: QNetwork, cfg: Any) -> torch.optim.Optimizer:
+    """The optimizer of ``algo.optimizer`` (Adam by default; any torch.optim class by name) over the network."""
+    return build_optimizer(q.parameters(), cfg.algo.optimizer, "algo.optimizer")
+
+
+def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> ReplayBuffer | FrameReplayBuffer:
+    """This rank's replay buffer (memory-mapped under the run folder when ``buffer.memmap``, else on ``device``).
+
+    With pixel keys a :class:`FrameReplayBuffer`, which stores every frame once (not once per stacked copy, not
+    again as the next observation); with vector keys only a :class:`ReplayBuffer` of (s, a, r, s') rows.
+    """
+    a = cfg.algo
+    memmap_dir = run.log_dir / "memmap_buffer" / f"rank_{run.rank}" if cfg.buffer.memmap else None
+    where = dict(memmap=cfg.buffer.memmap, memmap_dir=memmap_dir, device="cpu" if cfg.buffer.memmap else device)
+    if a.cnn_keys.encoder:
+        return FrameReplayBuffer(
+            cfg.buffer.size, num_envs, frame_keys=tuple(a.cnn_keys.encoder), stack=cfg.env.frame_stack, **where
+        )
+    return ReplayBuffer(cfg.buffer.size, num_envs, obs_keys=tuple(a.mlp_keys.encoder), **where)
+
+
+def encoder_obs(keys: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, Tensor]]:
+    """The collector's ``obs_fn``: the encoder's keys as tensors (pixels stay uint8 / bool)."""
+
+    def fn(obs: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        return obs_to_torch({k: obs[k] for k in keys})
+
+    return fn
+
+
+def epsilon_greedy(q: QNetwork, obs: dict[str, Tensor], epsilon: float, num_actions: int) -> Tensor:
+    """argmax_a Q(s, a), replaced by a uniform action with probability ``epsilon`` in each env."""
+    n = next(iter(obs.values())).shape[0]
+    random_actions = torch.randint(num_actions, (n,))
+    if epsilon >= 1.0:
+        return random_actions
+    with torch.no_grad():
+        greedy = q.greedy(obs).cpu()
+    return torch.where(torch.rand(n) < epsilon, random_actions, greedy)
+
+
+def main(fabric: Fabric, cfg: Any) -> None:
+    run = Run(fabric, cfg)
+    a = cfg.algo
+    world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
+    num_envs = cfg.env.num_envs
+    keys = list(a.cnn_keys.encoder) + list(a.mlp_keys.encoder)
+    batch_per_rank = a.batch_size // world
+
+    # Distinct env seeds on every rank: rank r owns seeds [seed + r * num_envs, seed + (r + 1) * num_envs).
+    env_seed = cfg.seed + rank * num_envs
+    envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
+    num_actions = int(envs.single_action_space.n)
+
+    state: Optional[dict[str, Any]] = run.state
+    q_raw = build_agent(envs.single_observation_space, envs.single_action_space, cfg, state)
+    q = fabric.setup_module(q_raw)
+    target_q = make_target(fabric, q)  # after DDP set-up: identical on every rank (checked)
+    if state:
+        target_q.load_state_dict(state["target_q"])
+    optimizer = make_optimizer(q_raw, cfg)
+    ratio = Ratio(a.replay_ratio)
+    rb = make_buffer(cfg, run, num_envs, device)
+    train_from = a.learning_starts
+    gradient_steps = 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        ratio.load_state_dict(state["ratio"])
+        gradient_steps = int(state["gradient_steps"])
+        if "buffer" in state:
+            rb.load_state_dict(state["buffer"])  # multi-rank runs save rank 0's buffer; every rank continues from it
+        else:
+            train_from = max(a.learning_starts, run.start_step + a.learning_starts)  # refill before training again
+    optimizer = fabric.setup_optimizers(optimizer)
+
+    def state_fn() -> dict[str, Any]:
+        out = {
+            "q": q_raw.state_dict(),
+            "target_q": target_q.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ratio": ratio.state_dict(),
+            "gradient_steps": gradient_steps,
+        }
+        if cfg.checkpoint.save_buffer:
+            out["buffer"] = rb.state_dict()
+        return out
+
+    obs, _ = envs.reset(seed=env_seed)
+    run.restore_rank_state(envs)
+    collector = Collector(
+        envs, rb, run, obs, obs_fn=encoder_obs(keys), learning_starts=a.learning_starts, world_size=world
+    )
+
+    def epsilon() -> float:
+        return linear_schedule(a.eps_start, a.eps_end, a.exploration_steps, collector.policy_step)
+
+    def act(obs: dict[str, Tensor]) -> Tensor:
+        return epsilon_greedy(q_raw, {k: v.to(device) for k, v in obs.items()}, epsilon(), num_actions)
+
+    policy_step = run.start_step
+    while policy_step < a.total_steps:
+        # ---- act (uniform during the warm-up, then epsilon-greedy), step, store
+        policy_step = collector.step(act)
+
+        # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
+        if policy_step > train_from:
+            steps = ratio(num_envs * world)
+            if steps > 0:
+                with run.timer("train"):
+                    # A frame buffer rebuilds the next stacks from its frames; a ReplayBuffer stored next_<key> rows.
+                    frames = isinstance(rb, FrameReplayBuffer)
+                    sample = rb.sample(batch_per_rank, sample_next_obs=frames, n_samples=steps)
+                    data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                    for i in range(steps):
+                        losses = train(fabric, q, target_q, optimizer, {k: v[i] for k, v in data.items()}, cfg)
+                        gradient_steps += 1
+                        if gradient_steps % a.target_update_every == 0:
+                            update_target(q, target_q, a.tau)
+                    # The last step's losses stand for the window: reading every step's would sync a GPU each time.
+                    for name, value in losses.items():
+                        run.metrics.update(name, value)
+            run.metrics.update("Info/epsilon", epsilon())
+
+        run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(q_raw.greedy, envs, policy_step)
+        run.maybe_checkpoint(policy_step, state_fn, envs)
+        if run.should_stop():
+            break
+
+    run.finish(policy_step, state_fn, envs, act=q_raw.greedy)
+    envs.close()
