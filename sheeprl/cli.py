@@ -132,6 +132,11 @@ def resolve_flag(flag: str, fields: Sequence[SchemaField]) -> SchemaField:
         return candidates[0]
     if len(candidates) > 1:
         # Prefer the shortest spelling match (a top-level leaf wins over nested ones).
+        # The underscore spelling of a whole key (algo_name -> algo.name) beats a group_leaf of a deeper key
+        # (algo.optimizer.name), and a top-level leaf wins over nested ones.
+        exact = [c for c in candidates if c.key.replace(".", "_") == flag]
+        if len(exact) == 1:
+            return exact[0]
         top = [c for c in candidates if c.key == flag or c.key.split(".")[-1] == flag and "." not in c.key]
         if len(top) == 1:
             return top[0]

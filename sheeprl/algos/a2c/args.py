@@ -22,7 +22,7 @@ class A2CArgs(AlgoConfig):
     normalize_advantages: bool = arg(False, "normalize advantages over each rollout")
     optimizer: OptimizerConfig = arg(
         help="optimizer (Stable-Baselines3's RMSprop: alpha 0.99, eps 1e-5) and learning-rate schedule",
-        factory=lambda: OptimizerConfig(name="RMSprop", lr=7e-4, eps=1e-5, kwargs={"alpha": 0.99}),
+        factory=lambda: OptimizerConfig(name="RMSprop", lr=7e-4, eps=1e-5),  # torch's RMSprop alpha is 0.99
     )
     dense_units: int = arg(64, "hidden units per layer of actor and critic")
     mlp_layers: int = arg(2, "hidden layers of actor and critic")
