@@ -183,6 +183,8 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             comm.gather_from_trainers(torch.stack(priorities, dim=1).cpu())
             comm.sync_weights(q_raw)
         run.log(policy_step)
+        if run.eval_due(policy_step):
+            run.evaluate(q_raw.greedy, None, policy_step)  # every rank plays a share of the episodes
         if run.checkpointer.due(policy_step):
             comm.from_first_trainer(state())
             run.maybe_checkpoint(policy_step, dict)  # only the player writes; every rank joins the collective
@@ -190,7 +192,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
             break
 
     comm.from_first_trainer(state())  # for the final checkpoint
-    run.finish(policy_step, dict)
+    run.finish(policy_step, dict, act=q_raw.greedy)  # the final evaluation is collective too
 
 
 def main(fabric: Fabric, cfg: Any) -> None:
