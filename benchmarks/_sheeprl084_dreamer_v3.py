@@ -1,7 +1,7 @@
 # ruff: noqa: I001  (runs in the SheepRL 0.8.4 interpreter: its sheeprl is a third-party package there)
 """Run by benchmarks/dreamer_v3.py inside the SheepRL 0.8.4 interpreter: times SheepRL's own dreamer_v3 ``train()``.
 
-    /work/peers/sheeprl084/bin/python benchmarks/_sheeprl084_dreamer_v3.py SIZE BATCH SEQ STEPS
+    ../peers/sheeprl084/bin/python benchmarks/_sheeprl084_dreamer_v3.py SIZE BATCH SEQ STEPS
 
 Same batch as this project's benchmark: CartPole-v1-shaped vectors (4 floats, 2 discrete actions), random rows.
 Prints one JSON line ``{"grad_steps_per_s": ..., "per_cpu_s": ...}`` (per wall and per CPU second).

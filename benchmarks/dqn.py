@@ -1,6 +1,6 @@
 """DQN whole-run wall time against Stable-Baselines3, and Rainbow gradient steps per second on MinAtar.
 
-    OMP_NUM_THREADS=1 python benchmarks/dqn.py [--steps 20000] [--repeats 2] [--sb3_python /work/peers/sb3/bin/python]
+    OMP_NUM_THREADS=1 python benchmarks/dqn.py [--steps 20000] [--repeats 2] [--sb3_python ../peers/sb3/bin/python]
     OMP_NUM_THREADS=1 python benchmarks/dqn.py --only rainbow [--grad_steps 300]
 
 1. DQN on CartPole-v1, one env, the same settings on both sides (Stable-Baselines3 zoo's CartPole settings):
@@ -9,7 +9,7 @@
    norm 10, one torch thread. Each side runs as its own process, interleaved (ours, SB3, ours, SB3, ...), and
    reports the training loop's wall time (ours: the run's own clock, SB3: ``model.learn``) and the whole process's
    (imports and set-up included). SB3 lives in a scratch venv, never in the project:
-   ``python3 -m venv /work/peers/sb3 && /work/peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
+   ``python3 -m venv ../peers/sb3 && ../peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
 2. Rainbow (every component on) gradient steps per second on MinAtar/Breakout-v1 shapes: the MinAtar network,
    batch 32, 51 atoms, n = 3, sampling from a prioritized frame buffer of 20k random transitions included; the
    same for DQN's update for scale.
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--grad_steps", type=int, default=300)
-    parser.add_argument("--sb3_python", default="/work/peers/sb3/bin/python")
+    parser.add_argument("--sb3_python", default="../peers/sb3/bin/python")
     parser.add_argument("--only", choices=("dqn", "rainbow"), default=None)
     args = parser.parse_args()
     if args.only in (None, "dqn"):

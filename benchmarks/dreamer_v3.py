@@ -1,7 +1,7 @@
 """Dreamer V3 update throughput against SheepRL 0.8.4, at equal model sizes, batch and sequence length.
 
     OMP_NUM_THREADS=1 python benchmarks/dreamer_v3.py [--steps 5] [--sizes XS S] [--profile]
-        [--sheeprl_python /work/peers/sheeprl084/bin/python]
+        [--sheeprl_python ../peers/sheeprl084/bin/python]
 
 One gradient step = world model + imagination (horizon 15) + actor + critic + slow critic, on a CartPole-v1-shaped
 vector batch (4 observations, 2 discrete actions), batch 16 x sequence 64 (the paper's), on a buffer of random
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time --algo.compile")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--sheeprl_python", default="/work/peers/sheeprl084/bin/python")
+    parser.add_argument("--sheeprl_python", default="../peers/sheeprl084/bin/python")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

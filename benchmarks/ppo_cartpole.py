@@ -2,11 +2,11 @@
 Stable-Baselines3 at the same settings (whole process, start-up included, runs interleaved).
 
     python benchmarks/ppo_cartpole.py [--total_steps 50000] [--num_envs 4] [--threads 1] [--repeats 2]
-    [--sb3_python /work/peers/sb3/bin/python]
+    [--sb3_python ../peers/sb3/bin/python]
 
 Settings of both (issue 13): 4 envs x 128-step rollouts, 4 epochs, 4 minibatches of 128, 2x64 tanh actor and
 critic, lr 2.5e-4, evaluation off. SB3 comes from a scratch venv (never the project's):
-``python3 -m venv /work/peers/sb3 && /work/peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
+``python3 -m venv ../peers/sb3 && ../peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
 
 Prints, for the same envs (4 x CartPole-v1, 128-step rollouts):
   raw env                  SPS of the bare Gymnasium vector env stepping random actions
@@ -137,7 +137,7 @@ def main() -> None:
     p.add_argument("--num_envs", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="interleaved sheeprl / SB3 pairs (the best of each)")
-    p.add_argument("--sb3_python", default="/work/peers/sb3/bin/python", help="a Python with stable-baselines3")
+    p.add_argument("--sb3_python", default="../peers/sb3/bin/python", help="a Python with stable-baselines3")
     args = p.parse_args()
     import torch
 

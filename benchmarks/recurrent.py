@@ -7,7 +7,7 @@
 2. ``a2c`` whole-run wall time (process start included) vs Stable-Baselines3's A2C at the same settings
    (CartPole-v1, 8 envs, 5-step rollouts, RMSprop, 2x64 tanh actor and critic), and ``ppo_recurrent`` with
    ``exp=ppo_recurrent_cartpole_novel`` settings vs sb3-contrib's RecurrentPPO (shared LSTM of 64 units).
-   The peers run in their own virtual env (``--peer_python``, default /work/peers/sb3/bin/python); skipped
+   The peers run in their own virtual env (``--peer_python``, default ../peers/sb3/bin/python); skipped
    when it is missing.
 
 Runs are interleaved (sheeprl, peer, sheeprl, peer, ...) and the median of ``--repeats`` is shown, so a
@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50_000, help="policy steps of the (recurrent) PPO runs")
     p.add_argument("--a2c_steps", type=int, default=100_000, help="policy steps of the A2C runs")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--peer_python", default="/work/peers/sb3/bin/python")
+    p.add_argument("--peer_python", default="../peers/sb3/bin/python")
     p.add_argument("--skip", nargs="*", default=[], choices=["ppo", "a2c", "recurrent_peer"])
     args = p.parse_args()
     has_peer = Path(args.peer_python).exists()

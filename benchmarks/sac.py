@@ -1,6 +1,6 @@
 """SAC speed against Stable-Baselines3: whole process (default) and per-component throughput (--parts).
 
-    python benchmarks/sac.py [--rounds 3] [--threads 1] [--sb3_python /work/peers/sb3/bin/python] [--repo DIR]
+    python benchmarks/sac.py [--rounds 3] [--threads 1] [--sb3_python ../peers/sb3/bin/python] [--repo DIR]
     OMP_NUM_THREADS=1 python benchmarks/sac.py --parts [--grad_steps 300] [--env_steps 300] [--device cpu]
 
 Whole process (issue 13's measurement): wall seconds from process start to exit of SAC on Pendulum-v1, 5k env steps
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
     parser.add_argument("--parts", action="store_true", help="per-component throughput instead of whole process")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sb3_python", default="/work/peers/sb3/bin/python")
+    parser.add_argument("--sb3_python", default="../peers/sb3/bin/python")
     parser.add_argument("--repo", default=None, help="another sheeprl checkout to time as well")
     args = parser.parse_args()
     if not args.parts:
