@@ -69,6 +69,8 @@ class PPOAgent(nn.Module):
         self.critic = MLP(feat, 1, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=1.0)
         # Acting runs actor and critic as one network (a third of the per-step dispatch); training uses the modules.
         self._heads = ParallelMLPs.create([self.actor, self.critic])
+        # With no entropy bonus the entropy is only logged: computing it off the graph spares its backward.
+        self.entropy_grad = True
 
     # ----------------------------------------------------------------------------------- distributions
 
@@ -100,7 +102,8 @@ class PPOAgent(nn.Module):
         """Training: log-probabilities and entropies of ``actions`` and the state values."""
         feat = self.encoder(obs)
         out = self.actor(feat)
-        return self._log_prob(out, actions), self._entropy(out), self.critic(feat).squeeze(-1)
+        entropy = self._entropy(out if self.entropy_grad else out.detach())
+        return self._log_prob(out, actions), entropy, self.critic(feat).squeeze(-1)
 
     @torch.no_grad()
     def act(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:

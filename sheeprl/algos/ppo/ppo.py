@@ -70,7 +70,7 @@ def train(
             pg = policy_loss(new_logp, old_logp, adv, clip_coef)
             v = value_loss(new_values, batch["values"], batch["returns"], clip_coef, clip_vloss)
             ent = entropy_loss(entropy)
-            loss = pg + vf_coef * v + ent_coef * ent
+            loss = pg + vf_coef * v + ent_coef * ent if ent_coef else pg + vf_coef * v
 
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
@@ -104,6 +104,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
+    agent.entropy_grad = a.ent_coef != 0
     optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)
