@@ -624,6 +624,28 @@ def _run(spec: Any, cfg: Any) -> int:
     return 0
 
 
+def script() -> None:
+    """The ``sheeprl`` command and ``python sheeprl.py``: :func:`run_cli`, then leave without interpreter teardown.
+
+    After a run, tearing the interpreter down (module dicts, torch's and Lightning's finalizers) costs about 1 s of
+    CPU on a 2-core machine, a tenth of a 50k-step CartPole run. A run that ended well has closed and fsynced
+    everything it wrote (logger, checkpoints, envs, child ranks), so the process ends at once; any other exit goes
+    through the normal teardown, which finishes whatever a failure left open.
+    """
+    code = run_cli()
+    if code == 0:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed (a broken pipe) or gone
+                pass
+        os._exit(0)
+    sys.exit(code)
+
+
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
     """``main`` for console scripts: a closed pipe (``| head``) is not an error."""
     try:
