@@ -372,8 +372,13 @@ def _compose_error(err: BaseException) -> str:
         cur = cur.__cause__ or cur.__context__
     # OmegaConf's errors know the offending key; prefer the first of them, else the innermost error.
     keyed = [e for e in chain if getattr(e, "full_key", None)]
-    inner = keyed[0] if keyed else chain[-1]
+    if keyed:
+        inner = keyed[0]
+    else:  # the innermost error that says something (a parser's inner error can print as "None")
+        inner = next((e for e in reversed(chain) if str(e).strip() not in ("", "None")), chain[0])
     msg = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    if any(type(e).__name__ == "OverrideParseException" for e in chain):
+        msg = f"cannot parse an override ({msg}); quote values with '=' or brackets, e.g. run_name='a=b'"
     key = getattr(inner, "full_key", None)
     return f"invalid value for {key}: {msg}" if key else msg
 
