@@ -186,7 +186,9 @@ def rainbow_grad_steps(grad_steps: int) -> None:
 
     def dqn_step() -> None:
         batch = rb.sample(32, sample_next_obs=True)[0]
-        dqn_loop.train(fabric, dq, dtarget, dopt, dict(batch.items()), dcfg)
+        dqn_loop.train(
+            fabric, dq, dtarget, dopt, dict(batch.items()), dcfg.algo.gamma, dcfg.algo.double, dcfg.algo.max_grad_norm
+        )
 
     print(f"MinAtar/Breakout-v1 shapes {tuple(shape)}, batch 32, 1 thread, prioritized frame buffer of {n}")
     r = measure("rainbow (all components, sampling included)", rainbow_step)
