@@ -87,6 +87,9 @@ REGISTRY: dict[str, Entry] = {
     ),
     "td3_pendulum": Entry("exp=td3_pendulum", "Pendulum-v1", (), 15_000, -250.0, log_every=1000),
     "droq_pendulum": Entry("exp=droq_pendulum", "Pendulum-v1", (), 15_000, -250.0, log_every=1000),
+    # Value-based presets; their tests check the greedy evaluation (Test/rew_avg) instead, see the algorithm READMEs.
+    "dqn_cartpole": Entry("exp=dqn_cartpole", "CartPole-v1", (), 50_000, 475.0, log_every=1000),
+    "rainbow_cartpole": Entry("exp=rainbow_cartpole", "CartPole-v1", (), 50_000, 475.0, log_every=1000),
 }
 CPU_SET = ("ppo_cartpole", "ppo_decoupled_cartpole", "sac_pendulum", "td3_pendulum", "droq_pendulum")
 
