@@ -13,7 +13,10 @@ table gives, over seeds, the mean, std and min of
 * the final greedy return (``Test/rew_avg``, the evaluation that ends every run), and
 * the policy step at which the training return (``Rewards/rew_avg``, the stochastic policy's episodes, the
   curve a user watches in TensorBoard) first reaches the entry's threshold ("never" counts as the budget,
-  and the table says how many seeds got there),
+  and the table says how many seeds got there), and
+* whether it stayed there: the lowest training return from that step to the end of the run, and how many
+  seeds never fell below the entry's ``floor`` (a collapse is a fall below the floor),
+
 
 beside published anchors with their sources. Plots: mean and min..max band of ``Rewards/rew_avg`` per task.
 Add an algorithm with one :class:`Entry` in ``REGISTRY``; tests reuse :func:`run_entry` on fewer seeds.
@@ -48,6 +51,10 @@ class Entry:
     threshold: float  # training return (Rewards/rew_avg) that counts as solved
     processes: int = 1  # processes one run uses (decoupled: player + trainers)
     log_every: int = 1024  # Rewards/rew_avg resolution in policy steps
+    # The criteria read the training return averaged over the last `window` logged points (1: the raw curve). A
+    # 1024-step window of 4 CartPole envs may hold a single lucky 500-step episode of a policy that averages 300.
+    window: int = 1
+    floor: Optional[float] = None  # after reaching the threshold the return must stay >= floor (None: unchecked)
     anchors: tuple[str, ...] = field(default_factory=tuple)  # published figures, with their sources
 
 
@@ -59,6 +66,8 @@ REGISTRY: dict[str, Entry] = {
         ("--env_id", "CartPole-v1"),  # the defaults a new user gets, no preset
         100_000,
         475.0,
+        window=5,
+        floor=400.0,
         anchors=(
             f"SB3 PPO: 500.0 +- 0.0 at 100k ({SB3_ZOO})",
             "SheepRL 0.8.4 defaults: training return 475 at ~15k steps (measured in issue 13, seeds 1-3)",
@@ -71,6 +80,8 @@ REGISTRY: dict[str, Entry] = {
         100_000,
         475.0,
         processes=3,
+        window=5,
+        floor=400.0,
         anchors=("SheepRL 0.8.4 ppo_decoupled: peak 245 at 150k (measured in issue 13)",),
     ),
     "sac_pendulum": Entry(
@@ -98,10 +109,32 @@ class Result:
     returncode: int
     wall_s: float
     final_greedy: Optional[float]
-    first_step: Optional[int]  # first logged step with Rewards/rew_avg >= threshold (None: never)
+    first_step: Optional[int]  # first logged step whose windowed training return >= threshold (None: never)
     curve: list[tuple[int, float]]  # (step, Rewards/rew_avg)
     run_dir: Optional[str]
     stderr_tail: str = ""
+    min_after: Optional[float] = None  # lowest windowed training return from first_step to the end
+    raw_first: Optional[int] = None  # first logged step with the raw Rewards/rew_avg >= threshold
+
+    @property
+    def stayed(self) -> bool:
+        """Reached the threshold and never fell below the entry's floor afterwards (no floor: reached)."""
+        floor = REGISTRY[self.entry].floor
+        return self.first_step is not None and (floor is None or self.min_after >= floor)
+
+
+def criteria(
+    curve: list[tuple[int, float]], threshold: float, window: int = 1
+) -> tuple[Optional[int], Optional[float], Optional[int]]:
+    """(first step at which the mean of the last ``window`` points >= threshold, the lowest such mean from there to
+    the end, first step at which a single point >= threshold); None where the threshold is never reached."""
+    values = np.asarray([v for _, v in curve], dtype=np.float64)
+    smooth = np.asarray([values[max(0, i - window + 1) : i + 1].mean() for i in range(len(values))])
+    raw_first = next((s for s, v in curve if v >= threshold), None)
+    hits = np.flatnonzero(smooth >= threshold)
+    if not hits.size:
+        return None, None, raw_first
+    return curve[hits[0]][0], float(smooth[hits[0] :].min()), raw_first
 
 
 def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -134,9 +167,10 @@ def run_entry(
         return Result(name, seed, proc.returncode, wall, None, None, [], None, proc.stderr[-2000:])
     tags = _scalars(runs[-1])
     curve = [(int(s), float(v)) for s, v in tags.get("Rewards/rew_avg", [])]
-    first = next((s for s, v in curve if v >= e.threshold), None)
+    first, min_after, raw_first = criteria(curve, e.threshold, e.window)
     greedy = tags.get("Test/rew_avg", [])
-    return Result(name, seed, 0, wall, greedy[-1][1] if greedy else None, first, curve, str(runs[-1]))
+    final = greedy[-1][1] if greedy else None
+    return Result(name, seed, 0, wall, final, first, curve, str(runs[-1]), "", min_after, raw_first)
 
 
 def run_many(
@@ -162,7 +196,7 @@ def run_many(
             res = run_entry(name, seed, folder, extra, budget)
             status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}"
             print(f"{name} seed {seed}: {status}, greedy {res.final_greedy}, threshold at {res.first_step}, "
-                  f"{res.wall_s:.0f} s", flush=True)  # fmt: skip
+                  f"lowest after {res.min_after}, {res.wall_s:.0f} s", flush=True)  # fmt: skip
             return res
         finally:
             for _ in range(need):
@@ -188,34 +222,64 @@ def summarize(results: list[Result]) -> dict[str, dict]:
         steps = [r.first_step if r.first_step is not None else e.budget for r in ok]
         out[name] = {
             "seeds": len(rs),
+            "per_seed": [
+                f"seed {r.seed}: "
+                + (
+                    f"FAILED rc={r.returncode}"
+                    if r not in ok
+                    else f"{r.first_step or 'never'}, "
+                    f"{'-' if r.min_after is None else f'{r.min_after:.0f}'}, {r.final_greedy:.0f}"
+                )
+                for r in rs
+            ],  # fmt: skip
             "failed": len(rs) - len(ok),
             "greedy": _stats([r.final_greedy for r in ok]) if ok else None,
             "steps": _stats(steps) if ok else None,
+            "steps_max": float(max(steps)) if ok else float("nan"),
             "reached": sum(r.first_step is not None for r in ok),
+            "stayed": sum(r.stayed for r in ok),
+            "min_after": _stats([r.min_after for r in ok if r.min_after is not None])
+            if any(r.min_after is not None for r in ok)
+            else None,
+            "raw_first": float(np.mean([r.raw_first if r.raw_first is not None else e.budget for r in ok]))
+            if ok
+            else None,
             "wall": float(np.mean([r.wall_s for r in ok])) if ok else None,
         }
     return out
 
 
 def markdown(summary: dict[str, dict], seeds: list[int]) -> str:
+    """The results table: one row per entry, the criteria spelled out above it."""
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}. Greedy: final `Test/rew_avg` (10 episodes). Steps: first policy step "
-        "at which the training return `Rewards/rew_avg` >= threshold (a seed that never gets there counts as the "
-        "budget). Mean, std, min over seeds.",
+        f"Seeds {', '.join(map(str, seeds))}. Greedy: final `Test/rew_avg` (10 episodes). The criteria read the "
+        "training return `Rewards/rew_avg` (the stochastic policy's episodes, logged every 1,024 steps) averaged over "
+        "the last `window` logged points. Steps: first policy step at which that average >= threshold (a seed that "
+        "never gets there counts as the budget; `raw` is the first single point >= threshold, the measure used "
+        "before). Lowest after: the lowest average from that step to the end of the run; stayed: seeds whose lowest "
+        "average after reaching the threshold is >= floor (no collapse). Mean, std, min over seeds.",
         "",
-        "| entry | task | budget | threshold | greedy mean | greedy std | greedy min | steps mean | steps std "
-        "| steps min | reached | wall s/run |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| entry | task | budget | threshold | window | greedy mean | greedy std | greedy min | steps mean | steps std "
+        "| steps min | steps max | raw steps mean | reached | floor | lowest after: mean | lowest after: min | stayed "
+        "| wall s/run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         e = REGISTRY[name]
+        n = s["seeds"] - s["failed"]
         g = s["greedy"] or (float("nan"),) * 3
         st = s["steps"] or (float("nan"),) * 3
+        lo = s["min_after"] or (float("nan"),) * 3
+        floor = f"{e.floor:g}" if e.floor is not None else "-"
+        stayed = f"{s['stayed']}/{n}" if e.floor is not None else "-"
         lines.append(
-            f"| {name} | {e.task} | {e.budget:,} | {e.threshold:g} | {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} "
-            f"| {st[0]:,.0f} | {st[1]:,.0f} | {st[2]:,.0f} | {s['reached']}/{s['seeds'] - s['failed']} "
-            f"| {s['wall'] or float('nan'):.0f} |"
+            f"| {name} | {e.task} | {e.budget:,} | {e.threshold:g} | {e.window} | {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} "
+            f"| {st[0]:,.0f} | {st[1]:,.0f} | {st[2]:,.0f} | {s['steps_max']:,.0f} | {s['raw_first'] or float('nan'):,.0f} "
+            f"| {s['reached']}/{n} | {floor} | {lo[0]:.1f} | {lo[2]:.1f} | {stayed} | {s['wall'] or float('nan'):.0f} |"
         )
+    lines += ["", "Per seed (steps to threshold, lowest after, greedy):", ""]
+    for name, s in summary.items():
+        lines.append(f"- {name}: " + "; ".join(s["per_seed"]))
     anchors = [(n, a) for n in summary for a in REGISTRY[n].anchors]
     if anchors:
         lines += ["", "Published anchors:", ""] + [f"- {n}: {a}" for n, a in anchors]

@@ -22,12 +22,13 @@ pytestmark = pytest.mark.learning
     [("ppo_cartpole", 50_000), pytest.param("ppo_decoupled_cartpole", 60_000, marks=pytest.mark.distributed)],
 )
 def test_ppo_defaults_solve_cartpole_on_every_seed(entry, budget, tmp_path):
-    """``ppo --env_id CartPole-v1`` with its defaults (no preset): training return >= 475 within the budget and a
-    greedy return of 500, on seeds 1 and 2 (the benchmark runs 1-5)."""
+    """``ppo --env_id CartPole-v1`` with its defaults (no preset): the training return, averaged over 5 logged
+    windows as the benchmark reads it, reaches 475 within the budget and never falls below the floor (400)
+    afterwards, and the greedy return is 500, on seeds 1 and 2 (the benchmark runs 1-5 to 100k steps)."""
     results = run_many([entry], [1, 2], tmp_path, jobs=2, budget=budget)
-    threshold = REGISTRY[entry].threshold
+    e = REGISTRY[entry]
     for r in results:
         assert r.returncode == 0, r.stderr_tail
         assert r.first_step is not None and r.first_step <= budget, (r.seed, r.curve)
-        assert max(v for _, v in r.curve) >= threshold
-        assert r.final_greedy is not None and r.final_greedy >= threshold, (r.seed, r.final_greedy)
+        assert r.min_after >= e.floor, f"seed {r.seed} collapsed to {r.min_after:.0f} after {r.first_step}: {r.curve}"
+        assert r.final_greedy is not None and r.final_greedy >= e.threshold, (r.seed, r.final_greedy)
