@@ -329,6 +329,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="cores to fill (default: all)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder of the table and plots")
     p.add_argument("--list", action="store_true", help="print the registry and exit")
+    p.add_argument(
+        "--runs", help="keep the runs' logs (TensorBoard, configs) in this folder (default: a temporary one)"
+    )
     args = p.parse_args(argv)
     if args.list:
         for name, e in REGISTRY.items():
@@ -342,7 +345,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sheeprl_learning_") as tmp:
-        results = run_many(names, args.seeds, Path(tmp), args.jobs)
+        results = run_many(names, args.seeds, Path(args.runs or tmp), args.jobs)
         table = markdown(summarize(results), args.seeds)
         pngs = plot(results, out)
     (out / "learning.md").write_text(table)
