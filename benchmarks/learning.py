@@ -184,12 +184,14 @@ def run_many(
     """Every (entry, seed), ``jobs`` cores' worth at a time (a run of P processes takes P slots)."""
     import threading
 
-    slots = threading.Semaphore(jobs)
+    free = [jobs]  # cores not taken; a run takes all its slots at once (one at a time could deadlock two runs)
+    cond = threading.Condition()
 
     def one(name: str, seed: int) -> Result:
         need = min(REGISTRY[name].processes, jobs)
-        for _ in range(need):
-            slots.acquire()
+        with cond:
+            cond.wait_for(lambda: free[0] >= need)
+            free[0] -= need
         try:
             folder = root / name / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -199,8 +201,9 @@ def run_many(
                   f"lowest after {res.min_after}, {res.wall_s:.0f} s", flush=True)  # fmt: skip
             return res
         finally:
-            for _ in range(need):
-                slots.release()
+            with cond:
+                free[0] += need
+                cond.notify_all()
 
     with ThreadPoolExecutor(max_workers=max(1, len(names) * len(seeds))) as pool:
         futures = [pool.submit(one, n, s) for n in names for s in seeds]
