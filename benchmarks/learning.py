@@ -165,12 +165,38 @@ def run_entry(
     runs = sorted(p.parent for p in log_root.rglob("config.yaml"))
     if proc.returncode != 0 or not runs:
         return Result(name, seed, proc.returncode, wall, None, None, [], None, proc.stderr[-2000:])
-    tags = _scalars(runs[-1])
+    return read_run(name, seed, runs[-1], wall)
+
+
+def read_run(name: str, seed: int, run_dir: Path, wall: float) -> Result:
+    """The criteria of one finished run, from its TensorBoard logs."""
+    e = REGISTRY[name]
+    tags = _scalars(run_dir)
     curve = [(int(s), float(v)) for s, v in tags.get("Rewards/rew_avg", [])]
     first, min_after, raw_first = criteria(curve, e.threshold, e.window)
     greedy = tags.get("Test/rew_avg", [])
     final = greedy[-1][1] if greedy else None
-    return Result(name, seed, 0, wall, final, first, curve, str(runs[-1]), "", min_after, raw_first)
+    return Result(name, seed, 0, wall, final, first, curve, str(run_dir), "", min_after, raw_first)
+
+
+def read_kept(folder: Path) -> list[Result]:
+    """The finished runs a ``--runs`` folder holds (ENTRY/seedN/...); wall time from the files' timestamps."""
+    out = []
+    for name in REGISTRY:
+        for seed_dir in sorted((folder / name).glob("seed*"), key=lambda d: int(d.name[4:])):
+            configs = sorted(seed_dir.rglob("config.yaml"))
+            events = sorted(seed_dir.rglob("events.out.tfevents.*"))
+            if configs and events:
+                saved = seed_dir / "wall_s.txt"  # written by run_many; else the files' timestamps
+                wall = (
+                    float(saved.read_text())
+                    if saved.exists()
+                    else events[-1].stat().st_mtime - configs[-1].stat().st_mtime
+                )
+                res = read_run(name, int(seed_dir.name[4:]), configs[-1].parent, wall)
+                if res.final_greedy is not None:  # an interrupted run has no final evaluation
+                    out.append(res)
+    return out
 
 
 def run_many(
@@ -196,6 +222,7 @@ def run_many(
             folder = root / name / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
             res = run_entry(name, seed, folder, extra, budget)
+            (folder / "wall_s.txt").write_text(f"{res.wall_s:.1f}\n")  # for --from
             status = "ok" if res.returncode == 0 else f"FAILED rc={res.returncode}"
             print(f"{name} seed {seed}: {status}, greedy {res.final_greedy}, threshold at {res.first_step}, "
                   f"lowest after {res.min_after}, {res.wall_s:.0f} s", flush=True)  # fmt: skip
@@ -335,10 +362,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument(
         "--runs", help="keep the runs' logs (TensorBoard, configs) in this folder (default: a temporary one)"
     )
+    p.add_argument("--from", dest="kept", nargs="+", metavar="DIR", help="no training: the table and plots of the "
+                   "finished runs that earlier --runs folders hold (e.g. entries run on different seeds)")  # fmt: skip
     args = p.parse_args(argv)
     if args.list:
         for name, e in REGISTRY.items():
             print(f"{name:24s} {e.algo} {' '.join(e.args)}  budget {e.budget:,}  threshold {e.threshold:g}")
+        return 0
+    if args.kept:
+        results = [r for d in args.kept for r in read_kept(Path(d))]
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table = markdown(summarize(results), sorted({r.seed for r in results}))
+        (out / "learning.md").write_text(table)
+        print(table)
+        print("written:", out / "learning.md", *plot(results, out))
         return 0
     names = args.entries or list(CPU_SET)
     unknown = [n for n in names if n not in REGISTRY]
