@@ -327,7 +327,7 @@ def plot(results: list[Result], out: Path) -> list[Path]:
     tasks = dict.fromkeys(REGISTRY[r.entry].task for r in results)
     for task in tasks:
         fig, ax = plt.subplots(figsize=(7, 4))
-        thresholds = set()
+        thresholds, floors = set(), set()
         for name in dict.fromkeys(r.entry for r in results if REGISTRY[r.entry].task == task):
             curves = [r.curve for r in results if r.entry == name and r.curve]
             if not curves:
@@ -338,8 +338,12 @@ def plot(results: list[Result], out: Path) -> list[Path]:
             ax.plot(grid, ys.mean(0), label=f"{name} ({len(curves)} seeds)")
             ax.fill_between(grid, ys.min(0), ys.max(0), alpha=0.2)
             thresholds.add(e.threshold)
+            if e.floor is not None:
+                floors.add(e.floor)
         for t in thresholds:
             ax.axhline(t, color="grey", linestyle="--", linewidth=0.8)
+        for f in floors:  # a fall below it after reaching the threshold is a collapse
+            ax.axhline(f, color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlabel("policy steps")
         ax.set_ylabel("training return (Rewards/rew_avg)")
         ax.set_title(f"{task}: mean and min..max over seeds")
