@@ -4,6 +4,8 @@
     python benchmarks/learning.py ppo_cartpole ppo_decoupled_cartpole --seeds 1 2 3 --jobs 2
     python benchmarks/learning.py --list                           # the registry
     python benchmarks/learning.py sac_pendulum --out /tmp/bench    # table + plots written there
+    python benchmarks/learning.py ppo_cartpole --runs runs/ppo     # keep the runs' logs
+    python benchmarks/learning.py --from runs/ppo runs/ppo_dec     # table + plots of kept runs, no training
 
 Every run is ``python sheeprl.py ...`` as a user types it (the entry's flags plus ``--seed``,
 ``--total_steps``, ``--log_root``), so the numbers are those of the CLI, defaults included. Runs go in
