@@ -4,8 +4,10 @@ A policy step of a small actor-critic (e.g. PPO's two 2x64 MLPs on CartPole) cos
 dispatch than in arithmetic: six Linear modules and their activations. Stacking the first layers and putting
 the later ones block-diagonally runs all heads with one matrix product per depth, with the same results up
 to float rounding. The stacked weights are a snapshot of the heads' parameters, rebuilt automatically the
-first call after any of them changed in place (an optimizer step, ``load_state_dict``), so a caller can
-never act with stale weights. Evaluation only: nothing here records gradients.
+first call after they may have changed: after any optimizer step in the process (fused optimizers update
+parameters without counting it in their versions), after an in-place write that counts (``load_state_dict``,
+``copy_``) and after a new storage (``.to()``, ``param.data = ...``). Evaluation only: nothing here records
+gradients.
 """
 
 from __future__ import annotations
@@ -18,6 +20,24 @@ from torch import Tensor, nn
 from sheeprl.models.blocks import MLP
 
 __all__ = ["ParallelMLPs"]
+
+_optimizer_steps = 0  # optimizer steps taken in this process (any optimizer): a new count makes snapshots stale
+_hook_registered = False
+
+
+def _count_step(*_: object) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _watch_optimizers() -> None:
+    global _hook_registered
+    if not _hook_registered:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_count_step)
+        _hook_registered = True
+
 
 # Activations that act elementwise, so applying one to the concatenated hidden units equals applying it per head.
 _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Identity)
@@ -49,8 +69,9 @@ class ParallelMLPs:
         self._heads = heads
         self._params = [p for head in heads for lin, _ in head for p in lin.parameters()]
         self._activations = [act for _, act in heads[0]]
-        self._version: tuple[tuple[int, int], ...] | None = None
+        self._version: tuple[int, tuple[tuple[int, int], ...]] | None = None
         self._weights: list[tuple[Tensor, Tensor]] = []
+        _watch_optimizers()
 
     @classmethod
     def create(cls, mlps: Sequence[nn.Module]) -> ParallelMLPs | None:
@@ -81,9 +102,9 @@ class ParallelMLPs:
         self._weights = weights
 
     def __call__(self, x: Tensor) -> Tensor:
-        # Parameters count their in-place updates, and a new storage (``.to()``, ``param.data = ...``) has a new
-        # address: either means the snapshot is stale.
-        version = tuple((p._version, p.data_ptr()) for p in self._params)
+        # Optimizer steps (fused ones included), the parameters' own count of in-place writes, and their storage
+        # addresses (``.to()``, ``param.data = ...``): a change in any means the snapshot is stale.
+        version = (_optimizer_steps, tuple((p._version, p.data_ptr()) for p in self._params))
         if version != self._version:
             self._refresh()
             self._version = version
