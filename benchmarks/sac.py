@@ -48,10 +48,12 @@ def sheeprl_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -
     from sheeprl.algos.sac.agent import build_agent, flat_obs
     from sheeprl.algos.sac.args import SACConfig
     from sheeprl.algos.sac.sac import make_optimizers, train
+    from sheeprl.config import plain
     from sheeprl.data import ReplayBuffer
     from sheeprl.utils.tensors import obs_to_torch
 
     cfg = OmegaConf.structured(SACConfig)
+    hot_cfg = plain(cfg)  # as sac.py passes it
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     obs_space = gym.spaces.Dict({"state": env.observation_space})
@@ -76,7 +78,7 @@ def sheeprl_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -
     )
 
     def step(batch: dict) -> None:
-        train(fabric, actor, critic, target, log_alpha, opts, batch, cfg, -float(act_dim), True, None)
+        train(fabric, actor, critic, target, log_alpha, opts, batch, hot_cfg, -float(act_dim), True, None)
 
     # sample time
     for _ in range(20):

@@ -98,6 +98,9 @@ class QEnsemble(nn.Module):
     One ``baddbmm`` per layer for the whole ensemble instead of one Linear per critic: fewer kernel launches and
     less Python per gradient step, the same mathematics. Each hidden layer is Linear -> [Dropout] -> [LayerNorm]
     -> activation (DroQ's ordering); each member has its own weights, biases and layer-norm affine parameters.
+    The activations run in place, on a tensor still in cache; ``tests/test_offpolicy_losses.py`` checks values and
+    gradients against member-by-member ``nn`` ops for every activation. This is also the ensemble layer that
+    DroQ/REDQ-style critics use (``num_critics`` > 2).
     """
 
     def __init__(
