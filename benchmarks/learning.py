@@ -151,11 +151,13 @@ def run_many(
     import threading
 
     slots = threading.Semaphore(jobs)
+    taking = threading.Lock()  # a run takes all its slots at once: two half-served decoupled runs would deadlock
 
     def one(name: str, seed: int) -> Result:
         need = min(REGISTRY[name].processes, jobs)
-        for _ in range(need):
-            slots.acquire()
+        with taking:
+            for _ in range(need):
+                slots.acquire()
         try:
             folder = root / name / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
