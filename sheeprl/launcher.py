@@ -6,16 +6,87 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import types
 from typing import Any
 
 from sheeprl.config import world_size
+
+
+def _fabric_without_trainer() -> None:
+    """Let ``import lightning.fabric`` skip ``lightning/__init__``, which imports the whole Trainer stack.
+
+    ``lightning``'s package ``__init__`` pulls ``lightning.pytorch`` (Trainer, callbacks) and through it torchmetrics
+    and scipy.signal: about 1.5 s of a 50k-step PPO run's 8 s on this CPU, for code a run never uses. The package is
+    registered bare (its ``__path__`` only), so its subpackages import as usual; the first access to any other
+    attribute (``lightning.Trainer``, ...) runs the real ``__init__`` into it, so nothing changes for other code.
+    """
+    if "lightning" in sys.modules:
+        return
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        return
+    from importlib.metadata import version
+
+    package = types.ModuleType("lightning")
+    package.__file__ = spec.origin
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    package.__package__ = "lightning"
+    package.__version__ = version("lightning")  # lightning.fabric reads it from the package
+
+    def _full_package(name: str) -> Any:
+        # PEP 562 hook: run the real __init__ once, into this module, on first use of a top-level name.
+        if f"lightning.{name}" in sys.modules:  # a subpackage still importing (`import lightning.fabric as f`)
+            return sys.modules[f"lightning.{name}"]
+        if name.startswith("__"):
+            raise AttributeError(name)
+        package.__dict__.pop("__getattr__", None)
+        with open(spec.origin) as f:
+            exec(compile(f.read(), spec.origin, "exec"), package.__dict__)
+        return getattr(package, name)
+
+    package.__getattr__ = _full_package  # type: ignore[method-assign]
+    sys.modules["lightning"] = package
+    _version_checks_without_import()
+
+
+def _version_checks_without_import() -> None:
+    """Answer Lightning's start-up check ``torchmetrics >= 1.0`` from package metadata instead of importing it.
+
+    ``lightning.fabric.utilities.imports`` imports torchmetrics (and with it scipy.signal, ~1 s) only to read its
+    version; a Fabric run never uses torchmetrics. Every other package goes through Lightning's own check.
+    """
+    import lightning_utilities.core.imports as checks
+
+    if getattr(checks.compare_version, "_sheeprl_metadata", False):
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    original = checks.compare_version
+
+    def compare_version(package: str, op: Any, wanted: str, use_base_version: bool = False) -> bool:
+        if package != "torchmetrics" or package in sys.modules:
+            return original(package, op, wanted, use_base_version)
+        try:
+            found = Version(version(package))
+        except PackageNotFoundError:
+            return False
+        return op(Version(found.base_version) if use_base_version else found, Version(wanted))
+
+    compare_version._sheeprl_metadata = True  # type: ignore[attr-defined]
+    checks.compare_version = compare_version
 
 
 def ddp_strategy(cfg: Any, accelerator: str) -> Any:
     """DDP with the run's collective timeout and a backend that takes CPU tensors next to the accelerator's."""
     from datetime import timedelta
 
+    _fabric_without_trainer()
     from lightning.fabric.strategies import DDPStrategy
 
     from sheeprl.utils.distributed import process_group_backend
@@ -28,6 +99,7 @@ def ddp_strategy(cfg: Any, accelerator: str) -> Any:
 
 def launch_run(spec: Any, cfg: Any) -> Any:
     """Create Fabric and run the entry on every rank (directly when processes already exist under ``fabric run``)."""
+    _fabric_without_trainer()
     from lightning.fabric import Fabric
     from lightning.fabric.connector import _is_using_cli
 

@@ -237,3 +237,94 @@ def test_encoder_argument_errors():
     obs["depth"] = obs["depth"].float()
     with pytest.raises(ValueError, match="dtypes"):
         enc(obs)
+
+
+# ------------------------------------------------------------------------------------------ parallel MLPs
+
+
+def _heads(hidden=(8, 8), act="tanh", outs=(3, 1)):
+    torch.manual_seed(0)
+    return [MLP(5, o, list(hidden), act) for o in outs]
+
+
+@pytest.mark.parametrize("lead", [(), (4,), (2, 3)])
+def test_parallel_mlps_match_the_modules(lead):
+    from sheeprl.models.parallel import ParallelMLPs
+
+    mlps = _heads(act="relu")
+    fused = ParallelMLPs.create(mlps)
+    x = torch.randn(*lead, 5) if lead else torch.randn(5)
+    with torch.no_grad():
+        expected = torch.cat([m(x) for m in mlps], dim=-1)
+    out = fused(x)
+    assert out.shape == (*lead, 4)
+    torch.testing.assert_close(out, expected)
+
+
+def test_parallel_mlps_follow_every_weight_change():
+    """An optimizer step, load_state_dict and a replaced storage each make the next call use the new weights."""
+    from sheeprl.models.parallel import ParallelMLPs
+
+    mlps = _heads()
+    fused = ParallelMLPs.create(mlps)
+    x = torch.randn(6, 5)
+
+    def expected():
+        with torch.no_grad():
+            return torch.cat([m(x) for m in mlps], dim=-1)
+
+    before = fused(x)
+    params = [p for m in mlps for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=0.1)
+    sum(m(x).sum() for m in mlps).backward()
+    opt.step()
+    after_step = fused(x)
+    assert not torch.allclose(after_step, before)
+    torch.testing.assert_close(after_step, expected())
+
+    other = _heads()
+    for m in other:
+        for p in m.parameters():
+            p.data.normal_()
+    for m, o in zip(mlps, other, strict=True):
+        m.load_state_dict(o.state_dict())
+    torch.testing.assert_close(fused(x), expected())
+
+    with torch.no_grad():
+        mlps[1][0].weight.data = torch.randn_like(mlps[1][0].weight)  # new storage, version untouched
+    torch.testing.assert_close(fused(x), expected())
+
+
+def test_parallel_mlps_refuse_what_they_cannot_fuse():
+    from sheeprl.models.parallel import ParallelMLPs
+
+    assert ParallelMLPs.create(_heads()[:1]) is None  # nothing to fuse
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(5, 1, [8, 8], "tanh")]) is None  # depths differ
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(5, 1, [8], "relu")]) is None  # activations differ
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh", layer_norm=True), MLP(5, 1, [8], "tanh")]) is None
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh", dropout=0.1), MLP(5, 1, [8], "tanh")]) is None
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(4, 1, [8], "tanh")]) is None  # inputs differ
+    assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(5, 1, [6], "tanh")]) is not None  # widths may differ
+
+
+def test_ppo_agent_act_matches_its_modules():
+    """PPO's fused acting path returns what its actor and critic modules compute (same RNG draw)."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.ppo.agent import build_agent
+    from sheeprl.algos.ppo.args import PPOConfig
+
+    cfg = OmegaConf.structured(PPOConfig)
+    for action_space in (gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,))):
+        agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), action_space, cfg)
+        assert agent._heads is not None
+        obs = {"state": torch.randn(5, 4)}
+        torch.manual_seed(3)
+        actions, logp, values = agent.act(obs)
+        agent._heads = None  # the modules' path
+        torch.manual_seed(3)
+        actions2, logp2, values2 = agent.act(obs)
+        torch.testing.assert_close(actions, actions2)
+        torch.testing.assert_close(logp, logp2)
+        torch.testing.assert_close(values, values2)

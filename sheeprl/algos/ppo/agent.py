@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder, layer_init
+from sheeprl.models.parallel import ParallelMLPs
 from sheeprl.utils.distributions import (
     categorical_entropy,
     categorical_log_prob,
@@ -66,6 +67,10 @@ class PPOAgent(nn.Module):
         # Small final gains: near-uniform initial policy, unit-scale values (37 implementation details, #2).
         self.actor = MLP(feat, out, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=0.01)
         self.critic = MLP(feat, 1, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=1.0)
+        # Acting runs actor and critic as one network (a third of the per-step dispatch); training uses the modules.
+        self._heads = ParallelMLPs.create([self.actor, self.critic])
+        # With no entropy bonus the entropy is only logged: computing it off the graph spares its backward.
+        self.entropy_grad = True
 
     # ----------------------------------------------------------------------------------- distributions
 
@@ -97,15 +102,20 @@ class PPOAgent(nn.Module):
         """Training: log-probabilities and entropies of ``actions`` and the state values."""
         feat = self.encoder(obs)
         out = self.actor(feat)
-        return self._log_prob(out, actions), self._entropy(out), self.critic(feat).squeeze(-1)
+        entropy = self._entropy(out if self.entropy_grad else out.detach())
+        return self._log_prob(out, actions), entropy, self.critic(feat).squeeze(-1)
 
     @torch.no_grad()
     def act(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Rollout: sampled actions (pre-squash for Box), their log-probabilities and the values."""
         feat = self.encoder(obs)
-        out = self.actor(feat)
+        if self._heads is not None:
+            both = self._heads(feat)
+            out, values = both[..., :-1], both[..., -1]
+        else:
+            out, values = self.actor(feat), self.critic(feat).squeeze(-1)
         actions = self._sample(out)
-        return actions, self._log_prob(out, actions), self.critic(feat).squeeze(-1)
+        return actions, self._log_prob(out, actions), values
 
     @torch.no_grad()
     def value(self, obs: dict[str, Tensor]) -> Tensor:

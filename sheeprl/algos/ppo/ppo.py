@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
 
+# The per-minibatch statistics train() logs, in the order of its stacked rows.
+_TRAIN_STATS = ("Loss/policy_loss", "Loss/value_loss", "Loss/entropy_loss", "Info/clip_frac", "Info/approx_kl")
+
+
 def train(
     fabric: Fabric,
     agent: Any,
@@ -47,39 +51,45 @@ def train(
     """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
+    # Plain values and tensors for the inner loop: a config lookup or TensorDict index costs more than the
+    # arithmetic of a small minibatch.
+    clip_coef, clip_vloss, normalize = float(a.clip_coef), bool(a.clip_vloss), bool(a.normalize_advantages)
+    vf_coef, ent_coef, max_grad_norm = float(a.vf_coef), float(a.ent_coef), float(a.max_grad_norm)
+    columns = {k: data[k] for k in (*obs_keys, "actions", "advantages", "logprobs", "values", "returns")}
     n = data.batch_size[0]
+    epochs = []  # per epoch, one row per minibatch: the logged statistics, read from the device once at the end
     for _ in range(a.update_epochs):
-        kls = []
+        rows = []
         for idx in torch.randperm(n).split(minibatch_size or a.minibatch_size):
-            batch = data[idx]
+            batch = {k: v[idx] for k, v in columns.items()}
+            old_logp = batch["logprobs"]
             new_logp, entropy, new_values = agent({k: batch[k] for k in obs_keys}, batch["actions"])
             adv = batch["advantages"]
-            if a.normalize_advantages and adv.numel() > 1:
+            if normalize and adv.numel() > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            pg = policy_loss(new_logp, batch["logprobs"], adv, a.clip_coef)
-            v = value_loss(new_values, batch["values"], batch["returns"], a.clip_coef, a.clip_vloss)
+            pg = policy_loss(new_logp, old_logp, adv, clip_coef)
+            v = value_loss(new_values, batch["values"], batch["returns"], clip_coef, clip_vloss)
             ent = entropy_loss(entropy)
-            loss = pg + a.vf_coef * v + a.ent_coef * ent
+            loss = pg + vf_coef * v + ent_coef * ent if ent_coef else pg + vf_coef * v
 
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
-            if a.max_grad_norm > 0:
-                fabric.clip_gradients(agent, optimizer, max_norm=a.max_grad_norm)
+            if max_grad_norm > 0:
+                fabric.clip_gradients(agent, optimizer, max_norm=max_grad_norm)
             optimizer.step()
 
             with torch.no_grad():
-                kls.append(approx_kl(new_logp, batch["logprobs"]))
-                run.metrics.update("Loss/policy_loss", pg.detach())
-                run.metrics.update("Loss/value_loss", v.detach())
-                run.metrics.update("Loss/entropy_loss", ent.detach())
-                run.metrics.update(
-                    "Info/clip_frac", ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(a.clip_coef).float().mean()
-                )
-        kl = torch.stack(kls).mean()
-        run.metrics.update("Info/approx_kl", kl)
+                clip_frac = ((new_logp - old_logp).exp() - 1.0).abs().gt(clip_coef).float().mean()
+                rows.append(torch.stack([pg, v, ent, clip_frac, approx_kl(new_logp, old_logp)]))
+        epochs.append(torch.stack(rows))
         # Every rank must take the same decision, or DDP's next all-reduce would wait forever.
-        if a.target_kl is not None and float(fabric.all_reduce(kl, group=group, reduce_op="mean")) > a.target_kl:
-            break
+        if a.target_kl is not None:
+            kl = fabric.all_reduce(epochs[-1][:, -1].mean(), group=group, reduce_op="mean")
+            if float(kl) > a.target_kl:
+                break
+    stats = torch.cat(epochs)
+    for name, value in zip(_TRAIN_STATS, stats.mean(0).tolist(), strict=True):
+        run.metrics.update(name, value, count=stats.shape[0])
 
 
 def main(fabric: Fabric, cfg: Any) -> None:
@@ -94,6 +104,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     envs = make_vector_env(cfg, seed=env_seed, run_dir=str(run.log_dir))
 
     agent: PPOAgent = build_agent(envs.single_observation_space, envs.single_action_space, cfg)
+    agent.entropy_grad = a.ent_coef != 0
     optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     steps_per_iter = a.rollout_steps * num_envs * world
     num_iters = max(1, a.total_steps // steps_per_iter)

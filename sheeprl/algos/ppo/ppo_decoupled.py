@@ -130,6 +130,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     if not isinstance(obs_space, gym.spaces.Dict):
         obs_space = gym.spaces.Dict({"state": obs_space})
     agent = build_agent(obs_space, action_space, cfg)
+    agent.entropy_grad = a.ent_coef != 0
     optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iterations(cfg))
     if run.state:
