@@ -1,8 +1,6 @@
 """Entry point: ``python sheeprl.py <algorithm> [--flag value ...] [key=value ...]``."""
 
-import sys
-
-from sheeprl.cli import run_cli
+from sheeprl.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_cli())
+    script()

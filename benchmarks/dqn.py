@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,13 @@ print(f"LEARN {time.perf_counter() - t1:.3f}")
 """
 
 
-def run_ours(steps: int, workdir: Path) -> tuple[float, float]:
+def child_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_ours(steps: int, workdir: Path) -> tuple[float, float, float]:
     cmd = [
         sys.executable,
         str(ROOT / "sheeprl.py"),
@@ -71,18 +78,18 @@ def run_ours(steps: int, workdir: Path) -> tuple[float, float]:
         "1",
         f"log_root={workdir}",
     ]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), child_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=workdir).stdout
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, child_cpu() - c0
     learn = float(re.findall(r"\(([\d.]+) s\)", out)[-1])
-    return learn, total
+    return learn, total, cpu
 
 
-def run_sb3(python: str, steps: int) -> tuple[float, float]:
-    t0 = time.perf_counter()
+def run_sb3(python: str, steps: int) -> tuple[float, float, float]:
+    t0, c0 = time.perf_counter(), child_cpu()
     out = subprocess.run([python, "-c", SB3_SCRIPT, str(steps)], capture_output=True, text=True, check=True).stdout
-    total = time.perf_counter() - t0
-    return float(re.findall(r"LEARN ([\d.]+)", out)[-1]), total
+    total, cpu = time.perf_counter() - t0, child_cpu() - c0
+    return float(re.findall(r"LEARN ([\d.]+)", out)[-1]), total, cpu
 
 
 def dqn_vs_sb3(steps: int, repeats: int, sb3_python: str) -> None:
@@ -94,16 +101,16 @@ def dqn_vs_sb3(steps: int, repeats: int, sb3_python: str) -> None:
             ours.append(run_ours(steps, Path(tmp)))
             if Path(sb3_python).exists():
                 theirs.append(run_sb3(sb3_python, steps))
-    learn_ours = statistics.median(o[0] for o in ours)
-    total_ours = statistics.median(o[1] for o in ours)
+    learn_ours, total_ours, cpu_ours = (statistics.median(o[i] for o in ours) for i in range(3))
     print(f"DQN CartPole-v1, {steps} steps, 1 env, 1 thread, median of {repeats} interleaved runs")
-    print(f"  sheeprl  training loop {learn_ours:8.1f} s   whole process {total_ours:8.1f} s")
+    print("  (wall: training loop and whole process; CPU: whole process, less sensitive to a shared machine's load)")
+    print(f"  sheeprl  loop {learn_ours:8.1f} s   whole {total_ours:8.1f} s   CPU {cpu_ours:8.1f} s")
     if theirs:
-        learn_sb3 = statistics.median(t[0] for t in theirs)
-        total_sb3 = statistics.median(t[1] for t in theirs)
-        print(f"  SB3      training loop {learn_sb3:8.1f} s   whole process {total_sb3:8.1f} s")
+        learn_sb3, total_sb3, cpu_sb3 = (statistics.median(t[i] for t in theirs) for i in range(3))
+        print(f"  SB3      loop {learn_sb3:8.1f} s   whole {total_sb3:8.1f} s   CPU {cpu_sb3:8.1f} s")
         print(
             f"  speed-up (SB3 / sheeprl): loop {learn_sb3 / learn_ours:.2f}x, whole process {total_sb3 / total_ours:.2f}x"
+            f" (wall), {cpu_sb3 / cpu_ours:.2f}x (CPU)"
         )
     else:
         print(f"  SB3 not found at {sb3_python}: skipped")
@@ -186,7 +193,9 @@ def rainbow_grad_steps(grad_steps: int) -> None:
 
     def dqn_step() -> None:
         batch = rb.sample(32, sample_next_obs=True)[0]
-        dqn_loop.train(fabric, dq, dtarget, dopt, dict(batch.items()), dcfg)
+        dqn_loop.train(
+            fabric, dq, dtarget, dopt, dict(batch.items()), dcfg.algo.gamma, dcfg.algo.double, dcfg.algo.max_grad_norm
+        )
 
     print(f"MinAtar/Breakout-v1 shapes {tuple(shape)}, batch 32, 1 thread, prioritized frame buffer of {n}")
     r = measure("rainbow (all components, sampling included)", rainbow_step)

@@ -167,6 +167,24 @@ class RunConfig:
     torch_deterministic: bool = arg(False, "use deterministic torch algorithms")
 
 
+def migrate_saved_config(cfg: Any) -> list[str]:
+    """Rewrite, in place, the keys an older run's ``config.yaml`` has under names that no longer exist.
+
+    ``eval``/``export`` merge a saved config onto today's schema, which refuses unknown keys; each rule here
+    maps one retired key onto its replacement. Returns a line per rewrite (for a note to the user).
+    """
+    notes = []
+    algo = cfg.get("algo") if hasattr(cfg, "get") else None
+    if algo is not None and "anneal_lr" in algo:
+        # Issue 12 (optimizers by name): PPO's boolean became the optimizer's learning-rate schedule.
+        anneal = bool(algo.pop("anneal_lr"))
+        optimizer = algo.get("optimizer")
+        if optimizer is not None and "schedule" not in optimizer:
+            optimizer["schedule"] = {"name": "linear" if anneal else "constant"}
+        notes.append(f"algo.anneal_lr={anneal} -> algo.optimizer.schedule.name={'linear' if anneal else 'constant'}")
+    return notes
+
+
 def validate_common(cfg: Any) -> None:
     """Checks every algorithm shares; raises ConfigError with a one-line message."""
     positive = {

@@ -102,8 +102,11 @@ def typed_config(cfg: Any) -> Any:
     """Merge the saved config onto its algorithm's schema, so fields added since then get their defaults."""
     from omegaconf import OmegaConf
 
+    from sheeprl.config import migrate_saved_config
     from sheeprl.registry import get_algorithm, load_algorithms
 
+    OmegaConf.set_struct(cfg, False)
+    migrate_saved_config(cfg)
     name = str(cfg.algo.name)
     spec = get_algorithm(name)
     if spec is None:

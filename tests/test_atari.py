@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sheeprl.config import RunConfig
 from sheeprl.envs import EnvError, check_env_id, make_env, make_vector_env
-from sheeprl.envs.atari import FireReset, LifeLossTerminal
+from sheeprl.envs.atari import FireReset, LifeLossTerminal, ScreenSpace
 from sheeprl.models import CNNEncoder, MinAtarCNN, NatureCNN
 
 pytest.importorskip("ale_py")
@@ -81,6 +81,39 @@ def test_atari_preprocessing_shapes_sticky_actions_and_fire_reset() -> None:
     assert sticky.unwrapped.ale.getFloat("repeat_action_probability") == 0.5
     assert "FireReset" not in wrappers(make_env(atari_cfg(id="ALE/Freeway-v5"), seed=0, idx=0)())
     assert "FireReset" not in wrappers(make_env(atari_cfg(**{"atari.fire_reset": False}), seed=0, idx=0)())
+
+
+def test_direct_emulator_steps_match_gymnasiums_atari_env() -> None:
+    """ScreenSpace steps the ALE itself (one Python layer per emulator frame instead of four): observations,
+    rewards, flags and infos equal those of the ordinary AtariEnv.step path, sticky actions and episode ends
+    included; a TimeLimit below it keeps the ordinary path."""
+
+    def rollout(direct: bool) -> list[Any]:
+        env = make_env(atari_cfg(**{"atari.repeat_action_probability": 0.25}), seed=3, idx=0)()
+        screen = env
+        while not isinstance(screen, ScreenSpace):
+            screen = screen.env
+        assert screen._ale is not None  # the preset's chain takes the direct path
+        if not direct:
+            screen._ale = None
+        rng, out = np.random.default_rng(0), []
+        obs, _ = env.reset(seed=3)
+        for _ in range(400):
+            obs, reward, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+            out.append((obs["rgb"].copy(), reward, terminated, truncated, info))
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.close()
+        return out
+
+    fast, ordinary = rollout(True), rollout(False)
+    assert any(step[2] for step in ordinary), "the rollout should cover an episode end"
+    for (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) in zip(fast, ordinary, strict=True):
+        assert np.array_equal(o1, o2) and r1 == r2 and te1 == te2 and tr1 == tr2 and i1 == i2
+    limited = make_env(atari_cfg(max_episode_steps=1000), seed=0, idx=0)()
+    while not isinstance(limited, ScreenSpace):
+        limited = limited.env
+    assert limited._ale is None
 
 
 class RecordingEnv(gym.Env):

@@ -110,6 +110,7 @@ BAD_INPUTS = [
     (["ppo", "--minibatch_size", "100"], "does not divide"),
     (["ppo", "algo.nonexistent=3"], "unknown config key 'algo.nonexistent'"),
     (["ppo", "exp=nope"], "unknown preset exp=nope"),
+    (["ppo", "run_name=a=b"], "cannot parse an override (mismatched input '=' expecting <EOF>)"),
 ]
 
 

@@ -40,11 +40,19 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         if comm.is_player:
             comm.sync_weights(net)  # start: the first trainer's weights
             history.append(parameters_to_vector(net.parameters()).clone())
+            versions = [[p._version for p in net.parameters()]]
             for it in range(3):
                 x = torch.randn(8 * comm.num_trainers, 3, generator=torch.Generator().manual_seed(it))
                 comm.send_batch(TensorDict({"x": x, "y": x.sum(-1, keepdim=True)}, batch_size=[len(x)]))
                 comm.sync_weights(net)
                 history.append(parameters_to_vector(net.parameters()).clone())
+                versions.append([p._version for p in net.parameters()])
+            # Every sync is an in-place update of every parameter (weight snapshots such as ParallelMLPs watch the
+            # version), into the parameters' own storage, never the receive buffer.
+            steps = zip(versions, versions[1:], strict=False)
+            out["versions_grow"] = all(b > a for v0, v1 in steps for a, b in zip(v0, v1, strict=True))
+            buffer = comm._buffer.untyped_storage().data_ptr()
+            out["aliased"] = any(p.untyped_storage().data_ptr() == buffer for p in net.parameters())
         else:
             model = comm.wrap_ddp(net)
             comm.sync_weights(net)
@@ -76,5 +84,6 @@ def test_player_holds_the_trainers_weights_after_every_sync(world):
     assert player.shape[0] == 4  # the start and three updates
     for trainer in trainers:
         assert torch.equal(player, trainer)  # bit-identical after every sync, on every trainer
+    assert out["versions_grow"] and not out["aliased"]
     # Each update really changed the weights (otherwise equality would prove nothing).
     assert all(not torch.equal(player[i], player[i + 1]) for i in range(3))

@@ -107,20 +107,16 @@ def test_dqn_resume_with_the_replay_buffer(cli, tmp_path):
 @pytest.mark.learning
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_dqn_learns_cartpole(cli, tmp_path, seed):
-    """DQN with its preset learns CartPole-v1: a greedy evaluation (Test/rew_avg, 10 episodes every 5k steps)
-    reaches >= 200 (random play: ~22) within 50k steps on both seeds.
-
-    Issue 9 asks for >= 475 within 50k; measured with this preset (eval every 5k): seed 1 ends at 500, seed 3
-    reaches 500 at 40k and 50k, seed 2 peaks at 398.9 (45k) and ends at 39.8, so the 475 bar is not met on
-    every seed yet (sheeprl/algos/dqn/README.md). This test checks what DQN does reliably here: it learns.
-    """
+    """DQN with its preset solves CartPole-v1: a greedy evaluation (Test/rew_avg, 10 episodes every 5k steps)
+    reaches >= 475 (random play: ~22) within 50k policy steps, on both seeds (issue 9's bar; seeds 1-5 measured
+    in sheeprl/algos/dqn/README.md)."""
     proc = cli(
-        "exp=dqn_cartpole", "--seed", seed, "--num_threads", "1", "--eval_every", "5000", cwd=tmp_path, timeout=1800
+        "exp=dqn_cartpole", "--seed", seed, "--num_threads", "1", "--eval_every", "5000", cwd=tmp_path, timeout=2400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "logs")
     evals = scalars(run)["Test/rew_avg"]
-    assert evals[-1][0] == 50_000 and max(v for _, v in evals) >= 200.0, evals
+    assert evals[-1][0] == 50_000 and max(v for _, v in evals) >= 475.0, evals
 
 
 @pytest.mark.parametrize("preset", ["exp=dqn_atari", "exp=rainbow_atari"])

@@ -155,3 +155,24 @@ def test_help_lists_the_commands(capsys):
     assert "eval" in out.split("commands:")[1] and "plot" in out.split("commands:")[1]
     assert main(["eval", "-h"]) == 0
     assert "--checkpoint_path" in capsys.readouterr().out
+
+
+def test_eval_of_a_run_saved_before_the_optimizer_schedule(trained, tmp_path, capsys):
+    """A run folder whose config.yaml still has PPO's retired ``algo.anneal_lr`` is evaluated (the key is migrated)."""
+    from omegaconf import OmegaConf
+
+    from sheeprl.config import migrate_saved_config
+
+    old = tmp_path / "old_run"
+    shutil.copytree(trained, old)
+    cfg = OmegaConf.load(old / "config.yaml")
+    del cfg.algo.optimizer["schedule"]
+    cfg.algo.anneal_lr = True
+    OmegaConf.save(cfg, old / "config.yaml")
+    assert main(["eval", "--checkpoint_path", str(old), "--eval_episodes", "2", "--num_threads", "1"]) == 0
+    assert "2 greedy episodes" in capsys.readouterr().out
+
+    for anneal, schedule in ((True, "linear"), (False, "constant")):
+        saved = OmegaConf.create({"algo": {"name": "ppo", "anneal_lr": anneal, "optimizer": {"lr": 1e-3}}})
+        assert migrate_saved_config(saved)
+        assert "anneal_lr" not in saved.algo and saved.algo.optimizer.schedule.name == schedule

@@ -1,7 +1,8 @@
 """Learning tests through the benchmark harness (benchmarks/learning.py), on fewer seeds than the benchmark.
 
-What is checked is what a user watches: the training return ``Rewards/rew_avg`` of the stochastic policy reaches
-the threshold within the budget on every seed, and the final greedy evaluation ``Test/rew_avg`` is solved too.
+What is checked is what a user watches: the training return ``Rewards/rew_avg`` of the stochastic policy (averaged
+over the entry's window of logged points) reaches the threshold within the budget on every seed and never falls
+below the entry's floor afterwards (no collapse), and the final greedy evaluation ``Test/rew_avg`` is solved too.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ pytestmark = pytest.mark.learning
     [("ppo_cartpole", 50_000), pytest.param("ppo_decoupled_cartpole", 60_000, marks=pytest.mark.distributed)],
 )
 def test_ppo_defaults_solve_cartpole_on_every_seed(entry, budget, tmp_path):
-    """``ppo --env_id CartPole-v1`` with its defaults (no preset): training return >= 475 within the budget and a
-    greedy return of 500, on seeds 1 and 2 (the benchmark runs 1-5)."""
+    """``ppo --env_id CartPole-v1`` with its defaults (no preset): the training return, averaged over 5 logged
+    windows as the benchmark reads it, reaches 475 within the budget and never falls below the floor (400)
+    afterwards, and the greedy return is 500, on seeds 1 and 2 (the benchmark runs 1-5 to 100k steps)."""
     results = run_many([entry], [1, 2], tmp_path, jobs=2, budget=budget)
-    threshold = REGISTRY[entry].threshold
+    e = REGISTRY[entry]
     for r in results:
         assert r.returncode == 0, r.stderr_tail
         assert r.first_step is not None and r.first_step <= budget, (r.seed, r.curve)
-        assert max(v for _, v in r.curve) >= threshold
-        assert r.final_greedy is not None and r.final_greedy >= threshold, (r.seed, r.final_greedy)
+        assert r.min_after >= e.floor, f"seed {r.seed} collapsed to {r.min_after:.0f} after {r.first_step}: {r.curve}"
+        assert r.final_greedy is not None and r.final_greedy >= e.threshold, (r.seed, r.final_greedy)

@@ -35,6 +35,12 @@ def test_any_torch_optim_class_by_name_with_its_arguments():
 def test_fused_by_default_where_the_class_has_it_unless_asked_otherwise():
     assert build_optimizer(params(), node()).param_groups[0]["fused"] is True
     assert build_optimizer(params(), node(kwargs={"foreach": False})).param_groups[0]["fused"] in (None, False)
+    # Without a fused kernel (RMSprop), the multi-tensor path, which torch picks by itself only on CUDA.
+    rmsprop = build_optimizer(params(), node(name="RMSprop"))
+    assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.param_groups[0]["foreach"] is True
+    assert (
+        build_optimizer(params(), node(name="RMSprop", kwargs={"foreach": False})).param_groups[0]["foreach"] is False
+    )
 
 
 @pytest.mark.parametrize(

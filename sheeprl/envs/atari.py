@@ -108,10 +108,16 @@ class FireReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 class ScreenSpace(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Advertise the ALE screen as the observation space of an env made with ``obs_type="ram"``.
+    """Advertise the ALE screen as the observation space of an env made with ``obs_type="ram"``, and step the
+    emulator directly.
 
     AtariPreprocessing sizes its pooling buffers from the inner observation space but reads the screens from the
-    ALE directly; the observations passing through (RAM) are never used.
+    ALE directly; the observations passing through (RAM) are never used. It steps this wrapper once per emulator
+    frame (4 times per agent step), so when nothing but Gymnasium's order and API checkers lies between this
+    wrapper and the ALE env, ``step`` does what ``AtariEnv.step`` does with ``frameskip=1`` itself (one
+    ``ale.act``, sticky actions included, the game-over and truncation flags, the same info keys) without the
+    Python layers in between. A ``TimeLimit`` (``env.max_episode_steps``) or any other wrapper below keeps the
+    ordinary path.
     """
 
     def __init__(self, env: gym.Env, grayscale: bool) -> None:
@@ -120,6 +126,30 @@ class ScreenSpace(gym.Wrapper, gym.utils.RecordConstructorArgs):
         height, width = env.unwrapped.ale.getScreenDims()
         shape = (height, width) if grayscale else (height, width, 3)
         self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+        self._ale: Any = self._direct_ale(env)
+        self._actions = env.unwrapped._action_set if self._ale is not None else None
+
+    @staticmethod
+    def _direct_ale(env: gym.Env) -> Any:
+        """The ALE interface when stepping it directly is what the wrapped env would do, else None."""
+        inner = env
+        while isinstance(inner, (gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker)):
+            inner = inner.env
+        raw = env.unwrapped
+        direct = inner is raw and raw._frameskip == 1 and not raw.continuous and not getattr(raw, "sound_obs", False)
+        return raw.ale if direct else None
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        ale = self._ale
+        if ale is None:
+            return self.env.step(action)
+        reward = 0.0 + ale.act(self._actions[action], 1.0)
+        info = {
+            "lives": ale.lives(),
+            "episode_frame_number": ale.getEpisodeFrameNumber(),
+            "frame_number": ale.getFrameNumber(),
+        }
+        return ale.getRAM(), reward, ale.game_over(with_truncation=False), ale.game_truncated(), info
 
 
 class PixelDict(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from sheeprl.utils.distributed import cpu_capable_backend
 
@@ -127,8 +127,12 @@ class DecoupledComm:
                 )
             flat = self._buffer
             dist.broadcast(flat, src=FIRST_TRAINER, group=self.weights_group)
+            # Copied in place, not aliased (as vector_to_parameters would): the parameters keep their own storage and
+            # count the update in their version, which snapshots of the weights (ParallelMLPs) watch.
             with torch.no_grad():
-                vector_to_parameters(flat, params)
+                torch._foreach_copy_(
+                    params, [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
+                )
         self.weights_bytes = flat.numel() * flat.element_size()
         self.last_sync_s = time.perf_counter() - t0
 

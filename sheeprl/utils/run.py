@@ -294,11 +294,13 @@ class Run:
             # The parameters went bad in the last update: name the losses that update saw.
             losses = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(self.metrics.last_losses.items()))
             problem = f"{problem} after an update with {losses}"
-        values = torch.tensor([1.0 if problem else 0.0, *(flags or [0.0])])
-        if is_distributed():
+        values = [1.0 if problem else 0.0, *(flags or [0.0])]
+        if is_distributed():  # one process: plain floats, no tensor on every call of should_stop()
             from torch.distributed import ReduceOp
 
-            all_reduce_cpu(values, op=ReduceOp.MAX)
+            reduced = torch.tensor(values)
+            all_reduce_cpu(reduced, op=ReduceOp.MAX)
+            values = reduced.tolist()
         if values[0] > 0:
             problems = [f"{p} (rank {r})" for r, p in enumerate(all_gather_object(problem)) if p]
             good = list_checkpoints(self.checkpointer.folder)

@@ -43,23 +43,32 @@ if TYPE_CHECKING:
 
 
 def train(
-    fabric: Fabric, q: Any, target_q: QNetwork, optimizer: Any, batch: dict[str, Tensor], cfg: Any
+    fabric: Fabric,
+    q: Any,
+    target_q: QNetwork,
+    optimizer: Any,
+    batch: dict[str, Tensor],
+    gamma: float,
+    double: bool = False,
+    max_grad_norm: float = 0.0,
 ) -> dict[str, Tensor]:
-    """One gradient step on ``batch``; returns the detached loss and mean Q."""
-    a = cfg.algo
+    """One gradient step on ``batch``; returns the detached loss and mean Q.
+
+    Plain Python hyperparameters, not ``cfg.algo``: an OmegaConf lookup costs microseconds, paid on every step.
+    """
     keys = target_q.encoder.keys
     obs = {k: batch[k] for k in keys}
     next_obs = {k: batch[f"next_{k}"] for k in keys}
     with torch.no_grad():
-        next_q_online = q.module(next_obs) if a.double else None
-        discounts = a.gamma * (1.0 - batch["terminated"])
+        next_q_online = q.module(next_obs) if double else None
+        discounts = gamma * (1.0 - batch["terminated"])
         target = td_target(batch["rewards"], discounts, target_q(next_obs), next_q_online)
     q_values = q(obs)
     loss, _ = q_loss(q_values, batch["actions"], target)
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
-    if a.max_grad_norm > 0:
-        fabric.clip_gradients(q, optimizer, max_norm=a.max_grad_norm)
+    if max_grad_norm > 0:
+        fabric.clip_gradients(q, optimizer, max_norm=max_grad_norm)
     optimizer.step()
     return {"Loss/q_loss": loss.detach(), "Info/q_mean": q_values.detach().mean()}
 
@@ -95,14 +104,21 @@ def encoder_obs(keys: list[str]) -> Callable[[dict[str, np.ndarray]], dict[str, 
 
 
 def epsilon_greedy(q: QNetwork, obs: dict[str, Tensor], epsilon: float, num_actions: int) -> Tensor:
-    """argmax_a Q(s, a), replaced by a uniform action with probability ``epsilon`` in each env."""
+    """argmax_a Q(s, a), replaced by a uniform action with probability ``epsilon`` in each env.
+
+    The coin flips come first, so the network runs only when some env exploits (with one env and epsilon 0.5,
+    half the steps need no forward pass).
+    """
     n = next(iter(obs.values())).shape[0]
     random_actions = torch.randint(num_actions, (n,))
     if epsilon >= 1.0:
         return random_actions
+    explore = torch.rand(n) < epsilon
+    if bool(explore.all()):
+        return random_actions
     with torch.no_grad():
         greedy = q.greedy(obs).cpu()
-    return torch.where(torch.rand(n) < epsilon, random_actions, greedy)
+    return torch.where(explore, random_actions, greedy)
 
 
 def main(fabric: Fabric, cfg: Any) -> None:
@@ -157,14 +173,23 @@ def main(fabric: Fabric, cfg: Any) -> None:
         envs, rb, run, obs, obs_fn=encoder_obs(keys), learning_starts=a.learning_starts, world_size=world
     )
 
+    # The loop reads plain Python numbers: an OmegaConf lookup costs microseconds, paid on every step.
+    eps_start, eps_end, exploration_steps = float(a.eps_start), float(a.eps_end), int(a.exploration_steps)
+    gamma, double, max_grad_norm = float(a.gamma), bool(a.double), float(a.max_grad_norm)
+    total_steps, target_every, tau = int(a.total_steps), int(a.target_update_every), float(a.tau)
+    on_cpu = device.type == "cpu"
+
     def epsilon() -> float:
-        return linear_schedule(a.eps_start, a.eps_end, a.exploration_steps, collector.policy_step)
+        return linear_schedule(eps_start, eps_end, exploration_steps, collector.policy_step)
 
     def act(obs: dict[str, Tensor]) -> Tensor:
-        return epsilon_greedy(q_raw, {k: v.to(device) for k, v in obs.items()}, epsilon(), num_actions)
+        if not on_cpu:
+            obs = {k: v.to(device, non_blocking=True) for k, v in obs.items()}
+        return epsilon_greedy(q_raw, obs, epsilon(), num_actions)
 
     policy_step = run.start_step
-    while policy_step < a.total_steps:
+    frames = isinstance(rb, FrameReplayBuffer)
+    while policy_step < total_steps:
         # ---- act (uniform during the warm-up, then epsilon-greedy), step, store
         policy_step = collector.step(act)
 
@@ -174,14 +199,14 @@ def main(fabric: Fabric, cfg: Any) -> None:
             if steps > 0:
                 with run.timer("train"):
                     # A frame buffer rebuilds the next stacks from its frames; a ReplayBuffer stored next_<key> rows.
-                    frames = isinstance(rb, FrameReplayBuffer)
                     sample = rb.sample(batch_per_rank, sample_next_obs=frames, n_samples=steps)
                     data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
                     for i in range(steps):
-                        losses = train(fabric, q, target_q, optimizer, {k: v[i] for k, v in data.items()}, cfg)
+                        batch = {k: v[i] for k, v in data.items()}
+                        losses = train(fabric, q, target_q, optimizer, batch, gamma, double, max_grad_norm)
                         gradient_steps += 1
-                        if gradient_steps % a.target_update_every == 0:
-                            update_target(q, target_q, a.tau)
+                        if gradient_steps % target_every == 0:
+                            update_target(q, target_q, tau)
                     # The last step's losses stand for the window: reading every step's would sync a GPU each time.
                     for name, value in losses.items():
                         run.metrics.update(name, value)
