@@ -8,7 +8,8 @@ of which the first 1k are random warm-up, so 4k gradient steps at replay ratio 1
 critics, Adam, automatic entropy tuning; ours is ``python sheeprl.py sac ...`` as a user types it (no evaluation,
 no checkpoint), SB3's the equivalent ``SAC("MlpPolicy", ...).learn(5000)`` script, run with the Python of a
 scratch venv that has stable-baselines3 (``--sb3_python``). The two alternate (``--rounds`` times) so that a busy
-machine slows both alike; the ratio of the medians is printed. ``--repo DIR`` times another checkout of sheeprl
+machine slows both alike; the ratios of the medians are printed, of wall seconds and of CPU seconds (user +
+system, which grow far less than wall time when other processes share the cores). ``--repo DIR`` times another checkout of sheeprl
 (e.g. the previous commit) as a third column.
 
 Same settings on both sides: batch 256, two 256-unit hidden layers for actor and twin critics, replay ratio 1,
@@ -38,6 +39,9 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _timing import run_timed  # noqa: E402
+
 BATCH = 256
 
 
@@ -48,10 +52,12 @@ def sheeprl_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -
     from sheeprl.algos.sac.agent import build_agent, flat_obs
     from sheeprl.algos.sac.args import SACConfig
     from sheeprl.algos.sac.sac import make_optimizers, train
+    from sheeprl.config import plain
     from sheeprl.data import ReplayBuffer
     from sheeprl.utils.tensors import obs_to_torch
 
     cfg = OmegaConf.structured(SACConfig)
+    hot_cfg = plain(cfg)  # as sac.py passes it
     env = gym.make(env_id)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     obs_space = gym.spaces.Dict({"state": env.observation_space})
@@ -76,7 +82,7 @@ def sheeprl_numbers(env_id: str, grad_steps: int, env_steps: int, device: str) -
     )
 
     def step(batch: dict) -> None:
-        train(fabric, actor, critic, target, log_alpha, opts, batch, cfg, -float(act_dim), True, None)
+        train(fabric, actor, critic, target, log_alpha, opts, batch, hot_cfg, -float(act_dim), True, None)
 
     # sample time
     for _ in range(20):
@@ -171,15 +177,13 @@ SAC("MlpPolicy", "Pendulum-v1", batch_size=256, learning_starts={WARM_UP}, train
 """
 
 
-def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> float:
-    """Wall seconds of one process, from start to exit (it must succeed)."""
+def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one process, from start to exit (it must succeed)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"benchmark run failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-    return elapsed
+    try:
+        return run_timed(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(f"benchmark run failed: {' '.join(cmd)}\n{e.stderr[-2000:]}") from None
 
 
 def ours_cmd(repo: Path, log_root: str, threads: int) -> list[str]:
@@ -209,6 +213,7 @@ def whole_process(args: argparse.Namespace) -> None:
     )
     have_sb3 = Path(args.sb3_python).exists()
     times: dict[str, list[float]] = {"sheeprl": [], "SB3": [], "other": []}
+    cpus: dict[str, list[float]] = {"sheeprl": [], "SB3": [], "other": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             cmds = {"sheeprl": ours_cmd(ROOT, tmp, args.threads)}
@@ -217,21 +222,26 @@ def whole_process(args: argparse.Namespace) -> None:
             if args.repo:
                 cmds["other"] = ours_cmd(Path(args.repo), tmp, args.threads)
             for k, cmd in cmds.items():
-                times[k].append(timed(cmd, args.threads))
-                print(f"  round {r + 1}: {k} {times[k][-1]:6.1f}s", flush=True)
+                wall, cpu = timed(cmd, args.threads)
+                times[k].append(wall)
+                cpus[k].append(cpu)
+                print(f"  round {r + 1}: {k} {wall:6.1f}s wall {cpu:6.1f}s CPU", flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    print("  median: " + "  ".join(f"{k} {v:6.1f}s" for k, v in med.items()))
+    med_cpu = {k: statistics.median(v) for k, v in cpus.items() if v}
+    print("  median wall: " + "  ".join(f"{k} {v:6.1f}s" for k, v in med.items()))
+    print("  median CPU:  " + "  ".join(f"{k} {v:6.1f}s" for k, v in med_cpu.items()))
     if "SB3" in med:
         ratios = [b / a for a, b in zip(times["sheeprl"], times["SB3"], strict=True)]
         print(
-            f"  sheeprl is {med['SB3'] / med['sheeprl']:.2f}x SB3's speed (per round: "
+            f"  sheeprl is {med['SB3'] / med['sheeprl']:.2f}x SB3's speed in wall time (per round: "
             + ", ".join(f"{x:.2f}" for x in ratios)
-            + ")"
+            + f"), {med_cpu['SB3'] / med_cpu['sheeprl']:.2f}x in CPU seconds"
         )
     else:
         print(f"  SB3 not found at {args.sb3_python} (python3 -m venv DIR; DIR/bin/pip install stable-baselines3)")
     if "other" in med:
-        print(f"  sheeprl is {med['other'] / med['sheeprl']:.2f}x the speed of {args.repo}")
+        print(f"  sheeprl is {med['other'] / med['sheeprl']:.2f}x the speed of {args.repo} (wall), "
+              f"{med_cpu['other'] / med_cpu['sheeprl']:.2f}x (CPU)")  # fmt: skip
 
 
 def main() -> None:

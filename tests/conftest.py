@@ -32,6 +32,20 @@ def run_cli(
     )
 
 
+def popen_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python sheeprl.py ARGS`` in ``cwd`` (created) without waiting: for runs that go side by side."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "sheeprl.py"), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+
+
 @pytest.fixture
 def cli():
     return run_cli

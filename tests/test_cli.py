@@ -130,3 +130,16 @@ def test_exit_code_from_a_real_process(cli, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "sheeprl: error: env.num_envs must be >= 1, got 0"
     assert not (tmp_path / "logs").exists()
+
+
+def test_plain_snapshot_reads_like_the_config():
+    from omegaconf import OmegaConf
+
+    from sheeprl.config import plain
+
+    cfg = OmegaConf.create({"algo": {"gamma": 0.99, "tau": "${algo.gamma}", "keys": ["a", {"b": 2}]}, "seed": 3})
+    snap = plain(cfg)
+    assert snap.algo.gamma == 0.99 and snap.algo.tau == 0.99  # interpolations resolved
+    assert snap.algo.keys[0] == "a" and snap.algo.keys[1].b == 2 and snap.seed == 3
+    cfg.algo.gamma = 0.5
+    assert snap.algo.gamma == 0.99  # a snapshot: later edits do not reach it

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import popen_cli
 from helpers import run_dirs, scalars
 
 
@@ -50,10 +51,24 @@ def test_droq_rejects_bad_input(cli, tmp_path):
 
 
 @pytest.mark.learning
-def test_droq_solves_pendulum(cli, tmp_path):
-    """DroQ (test preset: replay ratio 2, 64-unit nets) reaches a greedy mean return >= -250 within 15k steps."""
-    proc = cli("exp=droq_pendulum", "--seed", "1", "--num_threads", "1", cwd=tmp_path, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = run_dirs(tmp_path / "logs")
-    ((step, value),) = scalars(run)["Test/rew_avg"]
-    assert step == 15_000 and value >= -250.0, proc.stdout[-2000:]
+def test_droq_solves_pendulum(tmp_path):
+    """DroQ (test preset: replay ratio 2, 64-unit nets) reaches a greedy mean return (Test/rew_avg) >= -250 within
+    15k steps on seeds 1 and 2. The two single-threaded runs go side by side (a 2-core machine runs both in the
+    time of one); 5 seeds measured: benchmarks/results/learning_offpolicy.md."""
+    seeds = ("1", "2")
+    procs = {
+        seed: popen_cli("exp=droq_pendulum", "--seed", seed, "--num_threads", "1", cwd=tmp_path / seed)
+        for seed in seeds
+    }
+    try:
+        outputs = {seed: proc.communicate(timeout=900) for seed, proc in procs.items()}
+    finally:
+        for proc in procs.values():  # a timeout must leave no run behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for seed, (out, err) in outputs.items():
+        assert procs[seed].returncode == 0, f"seed {seed}: {err[-3000:]}"
+        (run,) = run_dirs(tmp_path / seed / "logs")
+        ((step, value),) = scalars(run)["Test/rew_avg"]
+        assert step == 15_000 and value >= -250.0, f"seed {seed}: {out[-2000:]}"

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sheeprl.algos.droq.loss import actor_loss as droq_actor_loss
 from sheeprl.algos.sac.agent import QEnsemble, SACActor, polyak_update
@@ -132,3 +133,69 @@ def test_real_next_obs_uses_final_observation_at_episode_ends():
     real = collector._real_next(next_obs, infos)
     assert torch.equal(real, torch.tensor([[1.0, 1.0], [9.0, 9.0]]))
     assert torch.equal(next_obs[1], torch.tensor([2.0, 2.0]))  # the observation the policy acts on is untouched
+
+
+def test_tanh_normal_rsample_log_prob_matches_torch_distributions():
+    from torch.distributions import Normal, TanhTransform
+
+    from sheeprl.utils.distributions import tanh_normal_rsample
+
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(64, 3), torch.randn(64, 3).clamp(-3, 1)
+    torch.manual_seed(1)
+    action, log_prob = tanh_normal_rsample(mean, log_std)
+    torch.manual_seed(1)  # the same noise: u = mean + std * eps
+    u = mean + torch.randn_like(mean) * log_std.exp()
+    assert torch.allclose(action, torch.tanh(u))
+    # log pi(a) = log N(u) - log |d tanh(u) / du|, computed by torch.distributions on u (no atanh round trip)
+    expected = Normal(mean, log_std.exp()).log_prob(u) - TanhTransform().log_abs_det_jacobian(u, torch.tanh(u))
+    assert torch.allclose(log_prob, expected.sum(-1), atol=1e-4)
+
+
+def test_tanh_normal_rsample_gradients_match_the_textbook_formula():
+    """log N(u) written with eps (no division by std) has the gradients of log N((u - mean) / std)."""
+    from sheeprl.utils.distributions import normal_log_prob, tanh_normal_rsample
+
+    mean = torch.randn(16, 2, requires_grad=True)
+    log_std = (0.3 * torch.randn(16, 2)).requires_grad_(True)
+    torch.manual_seed(3)
+    action, log_prob = tanh_normal_rsample(mean, log_std)
+    grads = torch.autograd.grad((log_prob + action.sum(-1)).sum(), [mean, log_std])
+    torch.manual_seed(3)
+    u = mean + torch.randn_like(mean) * log_std.exp()
+    reference = normal_log_prob(mean, log_std, u) - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+    expected = torch.autograd.grad((reference + torch.tanh(u).sum(-1)).sum(), [mean, log_std])
+    assert torch.allclose(log_prob, reference, atol=1e-5)
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu", "silu", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_q_ensemble_in_place_activations_match_a_per_member_reference(activation, layer_norm):
+    """Values and gradients (weights and actions) of the batched ensemble equal member-by-member nn ops."""
+    from sheeprl.models import get_activation
+
+    torch.manual_seed(0)
+    ens = QEnsemble(5, 2, [8, 8], activation, layer_norm=layer_norm)
+    obs, act = torch.randn(4, 3), torch.randn(4, 2, requires_grad=True)
+    q = ens(obs, act)
+    q.sum().backward()
+    got = [act.grad.clone()] + [w.grad.clone() for w in ens.weights]
+    act.grad = None
+    ens.zero_grad(set_to_none=True)
+    f = get_activation(activation)()
+    members = []
+    for m in range(2):
+        x = torch.cat([obs, act], -1)
+        for i in range(2):
+            x = x @ ens.weights[i][m] + ens.biases[i][m]
+            if layer_norm:
+                x = F.layer_norm(x, x.shape[-1:]) * ens.ln_weights[i][m] + ens.ln_biases[i][m]
+            x = f(x)
+        members.append((x @ ens.weights[2][m] + ens.biases[2][m]).squeeze(-1))
+    reference = torch.stack(members)
+    reference.sum().backward()
+    assert torch.allclose(q, reference, atol=1e-6)
+    for g, e in zip(got, [act.grad] + [w.grad for w in ens.weights], strict=True):
+        assert torch.allclose(g, e, atol=1e-5)

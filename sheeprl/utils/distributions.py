@@ -68,8 +68,11 @@ def tanh_normal_rsample(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
     """Reparameterized sample of tanh(N(mean, std)) and its log-probability (SAC's squashed Gaussian).
 
     log pi(a) = log N(u) - sum log(1 - tanh(u)^2), with the stable form
-    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)).
+    log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)). Since u = mean + std * eps, the Gaussian term is
+    log N(u) = sum(-eps^2 / 2 - log_std) - k/2 log(2 pi) exactly, with no division by std (fewer ops, and
+    the same gradients as differentiating through (u - mean) / std).
     """
-    u = mean + torch.randn_like(mean) * log_std.exp()
-    log_prob = normal_log_prob(mean, log_std, u) - (2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
-    return torch.tanh(u), log_prob
+    eps = torch.randn_like(mean)
+    u = torch.addcmul(mean, eps, log_std.exp())
+    log_prob = -(0.5 * eps.square() + log_std + 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))).sum(-1)
+    return torch.tanh(u), log_prob - 0.5 * _LOG_2PI * mean.shape[-1]

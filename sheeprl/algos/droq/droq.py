@@ -26,6 +26,7 @@ from sheeprl.algos.droq.agent import build_agent
 from sheeprl.algos.droq.loss import actor_loss, critic_loss, critic_target, entropy_loss
 from sheeprl.algos.sac.agent import QEnsemble, polyak_update
 from sheeprl.algos.sac.sac import make_buffer, make_optimizers
+from sheeprl.config import plain
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.envs.normalization import BatchNormalizer
@@ -95,6 +96,7 @@ def train_actor(
 
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
+    hot_cfg = plain(cfg)  # what the update reads every gradient step: plain attributes, not OmegaConf nodes
     a = cfg.algo
     world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
     num_envs = cfg.env.num_envs
@@ -182,7 +184,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                             log_alpha,
                             critic_opt,
                             {k: v[i] for k, v in data.items()},
-                            cfg,
+                            hot_cfg,
                             critic_steps % a.target_update_every == 0,
                         )
                     run.metrics.update("Loss/value_loss", q_loss)
@@ -197,7 +199,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                             actor_opt,
                             alpha_opt,
                             obs_batches[i],
-                            cfg,
+                            hot_cfg,
                             target_entropy,
                             world,
                         )

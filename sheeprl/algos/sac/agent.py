@@ -6,6 +6,7 @@ in the env's units: the actor maps tanh's (-1, 1) onto ``[low, high]`` and the c
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,6 +25,12 @@ def flat_obs(obs: dict[str, Tensor], keys: Sequence[str]) -> Tensor:
     """Concatenate the vector observations ``keys`` along the last dim as float32."""
     x = torch.cat([obs[k].flatten(1) for k in keys], dim=-1) if len(keys) > 1 else obs[keys[0]].flatten(1)
     return x if x.dtype == torch.float32 else x.float()
+
+
+def inplace_activation(name: str) -> nn.Module:
+    """The activation module for ``name``, computing in place when the class can (ReLU, ELU, SiLU, ...)."""
+    cls = get_activation(name)
+    return cls(inplace=True) if "inplace" in inspect.signature(cls.__init__).parameters else cls()
 
 
 def obs_dim(obs_space: gym.spaces.Dict, keys: Sequence[str]) -> int:
@@ -47,6 +54,9 @@ class SACActor(nn.Module):
         self.keys = list(keys)
         action_dim = int(np.prod(action_space.shape))
         self.trunk = MLP(input_dim, None, hidden, activation)
+        for layer in self.trunk:  # each activation follows a Linear, which keeps no output for backward
+            if hasattr(layer, "inplace"):
+                layer.inplace = True
         self.mean = nn.Linear(self.trunk.output_dim, action_dim)
         self.log_std = nn.Linear(self.trunk.output_dim, action_dim)
         self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
@@ -88,6 +98,9 @@ class QEnsemble(nn.Module):
     One ``baddbmm`` per layer for the whole ensemble instead of one Linear per critic: fewer kernel launches and
     less Python per gradient step, the same mathematics. Each hidden layer is Linear -> [Dropout] -> [LayerNorm]
     -> activation (DroQ's ordering); each member has its own weights, biases and layer-norm affine parameters.
+    The activations run in place, on a tensor still in cache; ``tests/test_offpolicy_losses.py`` checks values and
+    gradients against member-by-member ``nn`` ops for every activation. This is also the ensemble layer that
+    DroQ/REDQ-style critics use (``num_critics`` > 2).
     """
 
     def __init__(
@@ -103,7 +116,7 @@ class QEnsemble(nn.Module):
         self.num_critics = int(num_critics)
         self.dropout = float(dropout)
         self.layer_norm = bool(layer_norm)
-        self.act = get_activation(activation)()
+        self.act = inplace_activation(activation)
         sizes = [input_dim, *hidden, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -121,12 +134,13 @@ class QEnsemble(nn.Module):
     def forward(self, obs: Tensor, actions: Tensor, detach_params: bool = False) -> Tensor:
         """Q-values ``(num_critics, B)``. With ``detach_params`` gradients reach the inputs only (the actor's loss)."""
         x = torch.cat([obs, actions], dim=-1)
+        # A stride-0 view (E, B, D): every layer, the first included, is one baddbmm (bias + matmul in one kernel).
+        x = x.expand(self.num_critics, *x.shape)
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
                 w, b = w.detach(), b.detach()
-            # (B, D) @ (E, D, H) broadcasts to (E, B, H) on the first layer; later layers are batched matmuls.
-            x = torch.matmul(x, w) + b if i == 0 else torch.baddbmm(b, x, w)
+            x = torch.baddbmm(b, x, w)
             if i == last:
                 break
             if self.dropout > 0:
@@ -136,15 +150,19 @@ class QEnsemble(nn.Module):
                 if detach_params:
                     g, beta = g.detach(), beta.detach()
                 x = torch.addcmul(beta, F.layer_norm(x, x.shape[-1:]), g)
+            # In place: none of the ops above keeps its output for the backward pass, so the activation can
+            # overwrite it (one (E, B, H) tensor less to allocate and write per layer).
             x = self.act(x)
         return x.squeeze(-1)
 
 
 @torch.no_grad()
 def polyak_update(params: Iterable[Tensor], target_params: Iterable[Tensor], tau: float) -> None:
-    """target <- (1 - tau) * target + tau * online, in place (Lillicrap et al., 2016)."""
-    for p, tp in zip(params, target_params, strict=True):
-        tp.lerp_(p, tau)
+    """target <- (1 - tau) * target + tau * online, in place (Lillicrap et al., 2016), in one foreach kernel."""
+    online, target = list(params), list(target_params)
+    if len(online) != len(target):
+        raise ValueError(f"polyak_update: {len(online)} online parameters against {len(target)} target ones")
+    torch._foreach_lerp_(target, online, tau)
 
 
 def build_agent(

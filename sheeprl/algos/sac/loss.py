@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -13,18 +14,18 @@ def critic_target(
     ``next_q`` is ``(num_critics, B)``. Only ``terminated`` stops the bootstrap: a truncated transition's ``s'`` is
     its real final observation and is bootstrapped like any other.
     """
-    soft_value = next_q.min(dim=0).values - alpha * next_log_prob
+    soft_value = next_q.amin(dim=0) - alpha * next_log_prob
     return rewards + gamma * (1.0 - terminated) * soft_value
 
 
 def critic_loss(q: Tensor, target: Tensor) -> Tensor:
     """Sum over the ensemble of the mean squared TD errors; ``q`` is ``(num_critics, B)``, ``target`` ``(B,)``."""
-    return (q - target).pow(2).mean(dim=1).sum()
+    return F.mse_loss(q, target.expand_as(q)) * q.shape[0]  # mean over E * B, times E
 
 
 def actor_loss(log_prob: Tensor, q: Tensor, alpha: Tensor | float) -> Tensor:
     """E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi(s) reparameterized; ``q`` is ``(num_critics, B)``."""
-    return (alpha * log_prob - q.min(dim=0).values).mean()
+    return (alpha * log_prob - q.amin(dim=0)).mean()
 
 
 def entropy_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:

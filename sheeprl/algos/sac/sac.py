@@ -28,6 +28,7 @@ from torch import Tensor
 
 from sheeprl.algos.sac.agent import QEnsemble, SACActor, build_agent, polyak_update
 from sheeprl.algos.sac.loss import actor_loss, critic_loss, critic_target, entropy_loss
+from sheeprl.config import plain
 from sheeprl.data import ReplayBuffer
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
@@ -122,6 +123,7 @@ def make_buffer(cfg: Any, run: Run, num_envs: int, device: torch.device) -> Repl
 
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
+    hot_cfg = plain(cfg)  # what the update reads every gradient step: plain attributes, not OmegaConf nodes
     a = cfg.algo
     world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
     num_envs = cfg.env.num_envs
@@ -215,7 +217,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                             log_alpha,
                             optimizers,
                             {k: v[i] for k, v in data.items()},
-                            cfg,
+                            hot_cfg,
                             target_entropy,
                             gradient_steps % a.target_update_every == 0,
                             average_alpha_grad if world > 1 else None,

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from sheeprl.algos.sac.agent import build_agent
 from sheeprl.algos.sac.sac import make_buffer, make_optimizers, train
+from sheeprl.config import plain
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.envs.normalization import BatchNormalizer
@@ -139,6 +140,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     from sheeprl.envs import make_env
 
     a = cfg.algo
+    hot_cfg = plain(cfg)  # what the update reads every gradient step: plain attributes, not OmegaConf nodes
     device = fabric.device
     # The trainers never step an env: one throwaway instance gives the spaces the agent is built for.
     env = make_env(cfg, seed=cfg.seed, idx=0)()
@@ -195,7 +197,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                         log_alpha,
                         optimizers,
                         {k: v[:, i] for k, v in data.items()},
-                        cfg,
+                        hot_cfg,
                         target_entropy,
                         gradient_steps % a.target_update_every == 0,
                         lambda grad: average_gradient(grad, comm),

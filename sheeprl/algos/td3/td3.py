@@ -27,6 +27,7 @@ from sheeprl.algos.sac.agent import QEnsemble, polyak_update
 from sheeprl.algos.sac.sac import make_buffer
 from sheeprl.algos.td3.agent import TD3Actor, build_agent
 from sheeprl.algos.td3.loss import actor_loss, critic_loss, critic_target, smoothed_target_actions
+from sheeprl.config import plain
 from sheeprl.data.collector import Collector, flat_state
 from sheeprl.envs import make_vector_env
 from sheeprl.envs.normalization import BatchNormalizer
@@ -81,6 +82,7 @@ def train(
 
 def main(fabric: Fabric, cfg: Any) -> None:
     run = Run(fabric, cfg)
+    hot_cfg = plain(cfg)  # what the update reads every gradient step: plain attributes, not OmegaConf nodes
     a = cfg.algo
     world, rank, device = fabric.world_size, fabric.global_rank, fabric.device
     num_envs = cfg.env.num_envs
@@ -170,7 +172,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                             actor_opt,
                             critic_opt,
                             {k: v[i] for k, v in data.items()},
-                            cfg,
+                            hot_cfg,
                             gradient_steps % a.policy_delay == 0,
                         )
                         for name, value in losses.items():
