@@ -105,8 +105,8 @@ class _LatentLinear(torch.autograd.Function):
     """``[h, one_hot(idx)] @ W.T`` with a sparse weight gradient for the one-hot block.
 
     Forward: ``h W_h^T`` plus a sum of ``stoch`` columns of ``W_z`` (``embedding_bag``). Backward: ``W_z``'s gradient
-    is, per categorical, an ``index_add`` of the output gradient rows into the chosen classes' columns: ``stoch``
-    adds per row instead of the dense ``stoch * classes`` (plus building the one-hot itself). ``idx`` is data: no
+    is a sparse-dense product, ``stoch`` adds per row instead of the dense ``stoch * classes`` multiply-adds (plus
+    building the one-hot itself). ``idx`` is data: no
     gradient reaches it; ``h`` gets one when it needs one.
     """
 
@@ -125,10 +125,12 @@ class _LatentLinear(torch.autograd.Function):
         grad_h = grad @ weight[:, :nb] if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[2]:
-            gz = grad.new_zeros(ctx.nz, grad.shape[-1])
-            for s in range(flat.shape[-1]):  # stoch (e.g. 32) index_adds of N rows: far fewer adds than a dense matmul
-                gz.index_add_(0, flat[:, s], grad)
-            grad_w = torch.cat((grad.t() @ h, gz.t()), 1)
+            # one_hot(idx).T @ grad as a sparse (nz, N) matrix with N * stoch ones: a sparse-dense product
+            n, stoch = flat.shape
+            rows = torch.arange(n, device=flat.device).repeat_interleave(stoch)
+            onehot_t = torch.sparse_coo_tensor(torch.stack((flat.reshape(-1), rows)), grad.new_ones(n * stoch),
+                                               (ctx.nz, n), check_invariants=False)  # fmt: skip
+            grad_w = torch.cat((grad.t() @ h, torch.sparse.mm(onehot_t, grad).t()), 1)
         return grad_h, None, grad_w, None
 
 
