@@ -131,6 +131,25 @@ def test_sparse_one_hot_layers_match_dense():
     assert torch.allclose(sparse, net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1)), atol=1e-5)
 
 
+def test_trained_sparse_layer_gradients_match_dense():
+    """With gradients on, the first layer's weight gradient comes from a sparse product: same values as dense."""
+    torch.manual_seed(0)
+    net = mlp(6 + 3 * 5, 8, 2, 4)
+    h = torch.randn(5, 7, 6, requires_grad=True)
+    idx = torch.randint(5, (5, 7, 3))
+    sparse = mlp_sparse(net, h, idx, 5)
+    sparse.square().sum().backward()
+    grads, grad_h = [p.grad.clone() for p in net.parameters()], h.grad.clone()
+    net.zero_grad()
+    h.grad = None
+    dense = net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1))
+    dense.square().sum().backward()
+    assert torch.allclose(sparse, dense, atol=1e-5)
+    for g, p in zip(grads, net.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+    assert torch.allclose(grad_h, h.grad, atol=1e-5)
+
+
 def _episodes_buffer(n_envs: int = 3, size: int = 40, steps: int = 60, seed: int = 0) -> EnvSequenceBuffer:
     """Fill a buffer as the loop does: every env ends episodes at random; on an end it writes the final row, then
     the next episode's first row. ``ep`` records which episode a row belongs to, ``t`` its step in it."""

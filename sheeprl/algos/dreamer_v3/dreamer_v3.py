@@ -81,18 +81,23 @@ def imagine(agent: Agent, h: Tensor, z: Tensor, horizon: int) -> tuple[Tensor, T
     return torch.stack(latents), torch.stack(actions)
 
 
-def imagine_sparse(agent: Agent, h: Tensor, idx: Tensor, horizon: int) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`imagine` without gradients, the latents kept as class indices (discrete actions: REINFORCE needs no
-    gradient through the model). Returns ``h (H+1, N, deter)``, indices ``(H+1, N, stoch)``, actions ``(H, N, A)``."""
+def imagine_sparse(agent: Agent, h: Tensor, idx: Tensor, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`imagine` for discrete actions (REINFORCE needs no gradient through the model), the latents kept as
+    class indices. Returns ``h (H+1, N, deter)``, indices ``(H+1, N, stoch)``, actions ``(H, N, A)`` and the actor's
+    log-probabilities ``(H, N, A)``: the only part with a graph (the actor's own layers), so its loss reuses them
+    instead of running the actor over the trajectory a second time."""
     rssm, actor = agent.world_model.rssm, agent.actor
-    hs, idxs, actions = [h], [idx], []
+    hs, idxs, actions, outs = [h], [idx], [], []
     for _ in range(horizon):
-        action = actor.sample_from(actor.head(mlp_sparse(actor.net, h, idx, rssm.classes)))
-        h, idx = rssm.imagine_step_sparse(h, idx, action)
+        out = actor.head(mlp_sparse(actor.net, h, idx, rssm.classes))
+        with torch.no_grad():
+            action = actor.sample_from(out.detach())
+            h, idx = rssm.imagine_step_sparse(h, idx, action)
         hs.append(h)
         idxs.append(idx)
         actions.append(action)
-    return torch.stack(hs), torch.stack(idxs), torch.stack(actions)
+        outs.append(out)
+    return torch.stack(hs), torch.stack(idxs), torch.stack(actions), torch.stack(outs)
 
 
 def behaviour_loss(
@@ -105,8 +110,7 @@ def behaviour_loss(
     h, z, cont0 = (x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x.reshape(-1) for x in start)
     if agent.actor.discrete:
         # REINFORCE: the trajectory is data. Heads read [h, one-hot z] as h plus a sum of weight columns.
-        with torch.no_grad():
-            hs, idx, actions = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
+        hs, idx, actions, out = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
         critic_logits = mlp_sparse(agent.critic, hs, idx, classes)  # with grad: the critic loss reuses it
         with torch.no_grad():
             rewards = two_hot_mean(mlp_sparse(wm.reward, hs[1:], idx[1:], classes), agent.bins)
@@ -114,7 +118,6 @@ def behaviour_loss(
             values = two_hot_mean(critic_logits.detach(), agent.bins)
             slow = two_hot_mean(mlp_sparse(agent.slow_critic, hs[:-1], idx[:-1], classes), agent.bins)
             returns = lambda_returns(rewards, values[1:], 1.0 - cont, torch.zeros_like(cont), a.gamma, a.lmbda)
-        out = agent.actor.head(mlp_sparse(agent.actor.net, hs[:-1], idx[:-1], classes))
         logp, entropy = agent.actor.log_prob_entropy(None, actions, out)  # type: ignore[arg-type]
         critic_logits = critic_logits[:-1]
     else:
