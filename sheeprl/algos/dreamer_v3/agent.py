@@ -258,15 +258,19 @@ class RSSM(nn.Module):
         """
         T, B = embed.shape[:2]
         h0, z0 = self.initial(B)
+        first = is_first.unsqueeze(-1).bool()
+        actions = actions.masked_fill(first, 0.0)
+        # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence.
+        w_post = self.post[0].weight
+        w_h, post_embed = w_post[:, : self.deter], F.linear(embed, w_post[:, self.deter :])
         h, z = h0, z0
         hs, zs, posts = [], [], []
         for t in range(T):
-            first = is_first[t].unsqueeze(-1)
-            keep = 1.0 - first
-            h = keep * h + first * h0
-            z = keep * z + first * z0
-            h = self.step(h, z, keep * actions[t])
-            post = self.probs(self.post, torch.cat((h, embed[t]), -1))
+            h = torch.where(first[t], h0, h)
+            z = torch.where(first[t], z0, z)
+            h = self.step(h, z, actions[t])
+            logits = self.post[1:](F.linear(h, w_h) + post_embed[t])
+            post = unimix_probs(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
             z = sample_onehot(post).flatten(-2)
             hs.append(h)
             zs.append(z)

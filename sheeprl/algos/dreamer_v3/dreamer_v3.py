@@ -111,15 +111,16 @@ def behaviour_loss(
     if agent.actor.discrete:
         # REINFORCE: the trajectory is data. Heads read [h, one-hot z] as h plus a sum of weight columns.
         hs, idx, actions, out = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
-        critic_logits = mlp_sparse(agent.critic, hs, idx, classes)  # with grad: the critic loss reuses it
+        # With grad on the H states the critic loss reads (it reuses these logits); the last state only bootstraps.
+        critic_logits = mlp_sparse(agent.critic, hs[:-1], idx[:-1], classes)
         with torch.no_grad():
             rewards = two_hot_mean(mlp_sparse(wm.reward, hs[1:], idx[1:], classes), agent.bins)
             cont = torch.sigmoid(mlp_sparse(wm.cont, hs[1:], idx[1:], classes).squeeze(-1))
-            values = two_hot_mean(critic_logits.detach(), agent.bins)
+            last = mlp_sparse(agent.critic, hs[-1:], idx[-1:], classes)
+            values = two_hot_mean(torch.cat((critic_logits.detach(), last)), agent.bins)
             slow = two_hot_mean(mlp_sparse(agent.slow_critic, hs[:-1], idx[:-1], classes), agent.bins)
             returns = lambda_returns(rewards, values[1:], 1.0 - cont, torch.zeros_like(cont), a.gamma, a.lmbda)
         logp, entropy = agent.actor.log_prob_entropy(None, actions, out)  # type: ignore[arg-type]
-        critic_logits = critic_logits[:-1]
     else:
         # Dynamics backpropagation: the actor's gradient flows through imagined states, rewards and values.
         latents, actions = imagine(agent, h, z, a.horizon)
