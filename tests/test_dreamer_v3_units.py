@@ -61,6 +61,14 @@ def test_two_hot_255_bins_round_trip_and_loss_minimum():
     good = two_hot_loss(torch.log(enc.clamp_min(1e-12)), y, bins)
     bad = two_hot_loss(torch.zeros(6, 255), y, bins)
     assert (good < bad).all()
+    # The loss reads two bins (gather); it equals the dense cross-entropy with the two-hot, gradients included.
+    logits = torch.randn(6, 255, requires_grad=True)
+    two_hot_loss(logits, y, bins).sum().backward()
+    grad, logits.grad = logits.grad.clone(), None
+    dense = -(two_hot(symlog(y), bins) * F.log_softmax(logits, -1)).sum(-1)
+    dense.sum().backward()
+    assert torch.allclose(two_hot_loss(logits, y, bins), dense, atol=1e-5)
+    assert torch.allclose(grad, logits.grad, atol=1e-6)
 
 
 def test_kl_free_bits_and_balancing_hand_made():

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, mlp_sparse
-from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_loss, two_hot_mean
+from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_ce, two_hot_loss, two_hot_mean
 from sheeprl.data.sequence import EnvSequenceBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
@@ -100,6 +100,13 @@ def imagine_sparse(agent: Agent, h: Tensor, idx: Tensor, horizon: int) -> tuple[
     return torch.stack(hs), torch.stack(idxs), torch.stack(actions), torch.stack(outs)
 
 
+def per_step(
+    net: nn.Sequential, hs: Tensor, idx: Tensor, classes: int, fn: Callable[[Tensor], Tensor] = lambda x: x
+) -> Tensor:
+    """``fn(net([h, one_hot(idx)]))`` over ``(H, N, *)`` imagined states, one step of ``N`` rows at a time, stacked."""
+    return torch.stack([fn(mlp_sparse(net, hs[t], idx[t], classes)) for t in range(hs.shape[0])])
+
+
 def behaviour_loss(
     agent: Agent, start: tuple, normalizer: PercentileNormalizer, cfg: Any, reduce: Optional[Callable] = None
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -111,14 +118,17 @@ def behaviour_loss(
     if agent.actor.discrete:
         # REINFORCE: the trajectory is data. Heads read [h, one-hot z] as h plus a sum of weight columns.
         hs, idx, actions, out = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
+        # Heads run one imagined step at a time: a step's (N, units) activations stay in the CPU cache between layers
+        # and the no-grad heads never hold the whole (H, N, units) (a few % faster on this CPU; matmuls dominate).
+        bins = agent.bins
         # With grad on the H states the critic loss reads (it reuses these logits); the last state only bootstraps.
-        critic_logits = mlp_sparse(agent.critic, hs[:-1], idx[:-1], classes)
+        critic_logits = per_step(agent.critic, hs[:-1], idx[:-1], classes)
         with torch.no_grad():
-            rewards = two_hot_mean(mlp_sparse(wm.reward, hs[1:], idx[1:], classes), agent.bins)
-            cont = torch.sigmoid(mlp_sparse(wm.cont, hs[1:], idx[1:], classes).squeeze(-1))
-            last = mlp_sparse(agent.critic, hs[-1:], idx[-1:], classes)
-            values = two_hot_mean(torch.cat((critic_logits.detach(), last)), agent.bins)
-            slow = two_hot_mean(mlp_sparse(agent.slow_critic, hs[:-1], idx[:-1], classes), agent.bins)
+            rewards = per_step(wm.reward, hs[1:], idx[1:], classes, lambda x: two_hot_mean(x, bins))
+            cont = per_step(wm.cont, hs[1:], idx[1:], classes, lambda x: torch.sigmoid(x.squeeze(-1)))
+            last = per_step(agent.critic, hs[-1:], idx[-1:], classes, lambda x: two_hot_mean(x, bins))
+            values = torch.cat((two_hot_mean(critic_logits.detach(), bins), last))
+            slow = per_step(agent.slow_critic, hs[:-1], idx[:-1], classes, lambda x: two_hot_mean(x, bins))
             returns = lambda_returns(rewards, values[1:], 1.0 - cont, torch.zeros_like(cont), a.gamma, a.lmbda)
         logp, entropy = agent.actor.log_prob_entropy(None, actions, out)  # type: ignore[arg-type]
     else:
@@ -145,8 +155,9 @@ def behaviour_loss(
         objective = (returns - values[:-1].detach()) / scale
     policy_loss = -(weight * (objective + a.ent_coef * entropy)).mean()
 
-    value_loss = two_hot_loss(critic_logits, returns.detach(), agent.bins)
-    value_loss = value_loss + a.slow_critic_reg * two_hot_loss(critic_logits, slow, agent.bins)
+    critic_logp = F.log_softmax(critic_logits, -1)
+    value_loss = two_hot_ce(critic_logp, returns.detach(), agent.bins)
+    value_loss = value_loss + a.slow_critic_reg * two_hot_ce(critic_logp, slow, agent.bins)
     value_loss = (weight * value_loss).mean()
     metrics = {
         "Loss/policy_loss": policy_loss.detach(),
