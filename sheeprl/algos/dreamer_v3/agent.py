@@ -7,7 +7,8 @@ paper. The latent state is ``[h, z]``: the GRU's deterministic ``h`` and 32 cate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -80,6 +81,32 @@ def sample_onehot(probs: Tensor, straight_through: bool = True) -> Tensor:
     return sample + probs - probs.detach() if straight_through else sample
 
 
+_TABLES: Optional[dict[tuple[int, int, int], Tensor]] = None
+
+
+@contextmanager
+def cached_one_hot_tables() -> Iterator[None]:
+    """Inside this block (where no weight changes: no optimizer step), each layer's ``embedding_bag`` table is
+    copied once instead of at each of the ~90 sparse-layer calls of an imagination pass (a few % of a step)."""
+    global _TABLES
+    _TABLES = {}
+    try:
+        yield
+    finally:
+        _TABLES = None
+
+
+def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
+    """``weight[:, nb:nb+nz].T`` contiguous, the ``embedding_bag`` table of a layer's one-hot block (cached inside
+    :func:`cached_one_hot_tables` when no gradient has to reach ``weight`` through it)."""
+    if _TABLES is None or (torch.is_grad_enabled() and weight.requires_grad):
+        return weight[:, nb : nb + nz].t().contiguous()
+    key = (id(weight), nb, nz)
+    if key not in _TABLES:
+        _TABLES[key] = weight.detach()[:, nb : nb + nz].t().contiguous()
+    return _TABLES[key]
+
+
 def sparse_linear(
     linear: nn.Linear, idx: Tensor, classes: int, before: Optional[Tensor] = None, after: Optional[Tensor] = None
 ) -> Tensor:
@@ -93,7 +120,7 @@ def sparse_linear(
     stoch = idx.shape[-1]
     nz = stoch * classes
     flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
-    out = F.embedding_bag(flat, w[:, nb : nb + nz].t().contiguous(), mode="sum").view(*idx.shape[:-1], w.shape[0])
+    out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum").view(*idx.shape[:-1], w.shape[0])
     if before is not None:
         out = out + F.linear(before, w[:, :nb])
     if after is not None:
@@ -115,7 +142,7 @@ class _LatentLinear(torch.autograd.Function):
         nb = h.shape[-1]
         ctx.save_for_backward(h, flat, weight)
         ctx.nz = nz
-        return F.embedding_bag(flat, weight[:, nb : nb + nz].t().contiguous(), mode="sum") + h @ weight[:, :nb].t()
+        return F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum") + h @ weight[:, :nb].t()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]

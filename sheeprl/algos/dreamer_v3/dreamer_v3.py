@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, mlp_sparse
+from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, cached_one_hot_tables, mlp_sparse
 from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_ce, two_hot_loss, two_hot_mean
 from sheeprl.data.sequence import EnvSequenceBuffer
 from sheeprl.envs import make_vector_env
@@ -210,7 +210,7 @@ def train(
 
     agent.world_model.requires_grad_(False)  # imagination must not train the model
     try:
-        with fabric.autocast():
+        with fabric.autocast(), cached_one_hot_tables():
             policy_loss, value_loss, b_metrics = behaviour_loss(agent, start, normalizer, cfg, reduce)
         step(fabric, policy_loss, actor_params, actor_opt, a.actor_clip)
     finally:
