@@ -139,18 +139,19 @@ def test_sparse_one_hot_layers_match_dense():
     assert torch.allclose(sparse, net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1)), atol=1e-5)
 
 
-def test_trained_sparse_layer_gradients_match_dense():
-    """With gradients on, the first layer's weight gradient comes from a sparse product: same values as dense."""
+@pytest.mark.parametrize("stoch,classes", [(3, 5), (2, 32)])  # dense and sparse-product weight gradients
+def test_trained_sparse_layer_gradients_match_dense(stoch, classes):
+    """With gradients on, the first layer never builds the one-hot input: same values and gradients as dense."""
     torch.manual_seed(0)
-    net = mlp(6 + 3 * 5, 8, 2, 4)
+    net = mlp(6 + stoch * classes, 8, 2, 4)
     h = torch.randn(5, 7, 6, requires_grad=True)
-    idx = torch.randint(5, (5, 7, 3))
-    sparse = mlp_sparse(net, h, idx, 5)
+    idx = torch.randint(classes, (5, 7, stoch))
+    sparse = mlp_sparse(net, h, idx, classes)
     sparse.square().sum().backward()
     grads, grad_h = [p.grad.clone() for p in net.parameters()], h.grad.clone()
     net.zero_grad()
     h.grad = None
-    dense = net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1))
+    dense = net(torch.cat((h, F.one_hot(idx, classes).float().flatten(-2)), -1))
     dense.square().sum().backward()
     assert torch.allclose(sparse, dense, atol=1e-5)
     for g, p in zip(grads, net.parameters(), strict=True):

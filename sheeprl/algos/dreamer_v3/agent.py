@@ -132,7 +132,7 @@ class _LatentLinear(torch.autograd.Function):
     """``[h, one_hot(idx)] @ W.T`` with a sparse weight gradient for the one-hot block.
 
     Forward: ``h W_h^T`` plus a sum of ``stoch`` columns of ``W_z`` (``embedding_bag``). Backward: ``W_z``'s gradient
-    is a sparse-dense product, ``stoch`` adds per row instead of the dense ``stoch * classes`` multiply-adds (plus
+    is a sparse-dense product (32+ classes; fewer: a dense one), ``stoch`` adds per row, not ``stoch * classes`` (plus
     building the one-hot itself). ``idx`` is data: no
     gradient reaches it; ``h`` gets one when it needs one.
     """
@@ -152,12 +152,16 @@ class _LatentLinear(torch.autograd.Function):
         grad_h = grad @ weight[:, :nb] if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[2]:
-            # one_hot(idx).T @ grad as a sparse (nz, N) matrix with N * stoch ones: a sparse-dense product
             n, stoch = flat.shape
-            rows = torch.arange(n, device=flat.device).repeat_interleave(stoch)
-            onehot_t = torch.sparse_coo_tensor(torch.stack((flat.reshape(-1), rows)), grad.new_ones(n * stoch),
-                                               (ctx.nz, n), check_invariants=False)  # fmt: skip
-            grad_w = torch.cat((grad.t() @ h, torch.sparse.mm(onehot_t, grad).t()), 1)
+            if ctx.nz // stoch >= 32:
+                # one_hot(idx).T @ grad as a sparse (nz, N) matrix with N * stoch ones: a sparse-dense product
+                rows = torch.arange(n, device=flat.device).repeat_interleave(stoch)
+                onehot_t = torch.sparse_coo_tensor(torch.stack((flat.reshape(-1), rows)), grad.new_ones(n * stoch),
+                                                   (ctx.nz, n), check_invariants=False)  # fmt: skip
+                grad_z = torch.sparse.mm(onehot_t, grad).t()
+            else:  # few classes: the dense product is cheaper than building the sparse matrix
+                grad_z = grad.t() @ grad.new_zeros(n, ctx.nz).scatter_(1, flat, 1.0)
+            grad_w = torch.cat((grad.t() @ h, grad_z), 1)
         return grad_h, None, grad_w, None
 
 
