@@ -132,9 +132,9 @@ class _LatentLinear(torch.autograd.Function):
     """``[h, one_hot(idx)] @ W.T`` with a sparse weight gradient for the one-hot block.
 
     Forward: ``h W_h^T`` plus a sum of ``stoch`` columns of ``W_z`` (``embedding_bag``). Backward: ``W_z``'s gradient
-    is a sparse-dense product (32+ classes; fewer: a dense one), ``stoch`` adds per row, not ``stoch * classes`` (plus
-    building the one-hot itself). ``idx`` is data: no
-    gradient reaches it; ``h`` gets one when it needs one.
+    is a sparse (COO) x dense product, ``stoch`` adds per row instead of ``stoch * classes`` multiply-adds, with no
+    one-hot built; below 32 classes the dense product is cheaper and used. ``idx`` is data: no gradient reaches it;
+    ``h`` gets one when it needs one.
     """
 
     @staticmethod
