@@ -61,6 +61,14 @@ def test_two_hot_255_bins_round_trip_and_loss_minimum():
     good = two_hot_loss(torch.log(enc.clamp_min(1e-12)), y, bins)
     bad = two_hot_loss(torch.zeros(6, 255), y, bins)
     assert (good < bad).all()
+    # The loss reads two bins (gather); it equals the dense cross-entropy with the two-hot, gradients included.
+    logits = torch.randn(6, 255, requires_grad=True)
+    two_hot_loss(logits, y, bins).sum().backward()
+    grad, logits.grad = logits.grad.clone(), None
+    dense = -(two_hot(symlog(y), bins) * F.log_softmax(logits, -1)).sum(-1)
+    dense.sum().backward()
+    assert torch.allclose(two_hot_loss(logits, y, bins), dense, atol=1e-5)
+    assert torch.allclose(grad, logits.grad, atol=1e-6)
 
 
 def test_kl_free_bits_and_balancing_hand_made():
@@ -129,6 +137,26 @@ def test_sparse_one_hot_layers_match_dense():
     with torch.no_grad():
         sparse = mlp_sparse(net, h, idx, 5)
     assert torch.allclose(sparse, net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("stoch,classes", [(3, 5), (2, 32)])  # dense and sparse-product weight gradients
+def test_trained_sparse_layer_gradients_match_dense(stoch, classes):
+    """With gradients on, the first layer never builds the one-hot input: same values and gradients as dense."""
+    torch.manual_seed(0)
+    net = mlp(6 + stoch * classes, 8, 2, 4)
+    h = torch.randn(5, 7, 6, requires_grad=True)
+    idx = torch.randint(classes, (5, 7, stoch))
+    sparse = mlp_sparse(net, h, idx, classes)
+    sparse.square().sum().backward()
+    grads, grad_h = [p.grad.clone() for p in net.parameters()], h.grad.clone()
+    net.zero_grad()
+    h.grad = None
+    dense = net(torch.cat((h, F.one_hot(idx, classes).float().flatten(-2)), -1))
+    dense.square().sum().backward()
+    assert torch.allclose(sparse, dense, atol=1e-5)
+    for g, p in zip(grads, net.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+    assert torch.allclose(grad_h, h.grad, atol=1e-5)
 
 
 def _episodes_buffer(n_envs: int = 3, size: int = 40, steps: int = 60, seed: int = 0) -> EnvSequenceBuffer:

@@ -7,7 +7,8 @@ paper. The latent state is ``[h, z]``: the GRU's deterministic ``h`` and 32 cate
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -80,6 +81,32 @@ def sample_onehot(probs: Tensor, straight_through: bool = True) -> Tensor:
     return sample + probs - probs.detach() if straight_through else sample
 
 
+_TABLES: Optional[dict[tuple[int, int, int], Tensor]] = None
+
+
+@contextmanager
+def cached_one_hot_tables() -> Iterator[None]:
+    """Inside this block (where no weight changes: no optimizer step), each layer's ``embedding_bag`` table is
+    copied once instead of at each of the ~90 sparse-layer calls of an imagination pass (a few % of a step)."""
+    global _TABLES
+    _TABLES = {}
+    try:
+        yield
+    finally:
+        _TABLES = None
+
+
+def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
+    """``weight[:, nb:nb+nz].T`` contiguous, the ``embedding_bag`` table of a layer's one-hot block (cached inside
+    :func:`cached_one_hot_tables` when no gradient has to reach ``weight`` through it)."""
+    if _TABLES is None or (torch.is_grad_enabled() and weight.requires_grad):
+        return weight[:, nb : nb + nz].t().contiguous()
+    key = (id(weight), nb, nz)
+    if key not in _TABLES:
+        _TABLES[key] = weight.detach()[:, nb : nb + nz].t().contiguous()
+    return _TABLES[key]
+
+
 def sparse_linear(
     linear: nn.Linear, idx: Tensor, classes: int, before: Optional[Tensor] = None, after: Optional[Tensor] = None
 ) -> Tensor:
@@ -93,7 +120,7 @@ def sparse_linear(
     stoch = idx.shape[-1]
     nz = stoch * classes
     flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
-    out = F.embedding_bag(flat, w[:, nb : nb + nz].t().contiguous(), mode="sum").view(*idx.shape[:-1], w.shape[0])
+    out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum").view(*idx.shape[:-1], w.shape[0])
     if before is not None:
         out = out + F.linear(before, w[:, :nb])
     if after is not None:
@@ -101,15 +128,56 @@ def sparse_linear(
     return out if linear.bias is None else out + linear.bias
 
 
-def mlp_sparse(net: nn.Sequential, h: Tensor, idx: Tensor, classes: int) -> Tensor:
-    """``net(cat(h, one_hot(idx)))`` for an :func:`mlp` whose input is a latent ``[h, z]``.
+class _LatentLinear(torch.autograd.Function):
+    """``[h, one_hot(idx)] @ W.T`` with a sparse weight gradient for the one-hot block.
 
-    Sparse when no gradient is needed; a trained head takes the dense one-hot, whose weight gradient (one matmul)
-    is faster on a CPU than ``embedding_bag``'s backward.
+    Forward: ``h W_h^T`` plus a sum of ``stoch`` columns of ``W_z`` (``embedding_bag``). Backward: ``W_z``'s gradient
+    is a sparse (COO) x dense product, ``stoch`` adds per row instead of ``stoch * classes`` multiply-adds, with no
+    one-hot built; below 32 classes the dense product is cheaper and used. ``idx`` is data: no gradient reaches it;
+    ``h`` gets one when it needs one.
     """
-    if torch.is_grad_enabled() and net[0].weight.requires_grad:
-        return net(torch.cat((h, F.one_hot(idx, classes).to(h.dtype).flatten(-2)), -1))
-    return net[1:](sparse_linear(net[0], idx, classes, before=h))
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, flat: Tensor, weight: Tensor, nz: int) -> Tensor:  # type: ignore[override]
+        nb = h.shape[-1]
+        ctx.save_for_backward(h, flat, weight)
+        ctx.nz = nz
+        return F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum") + h @ weight[:, :nb].t()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+        h, flat, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        nb = h.shape[-1]
+        grad_h = grad @ weight[:, :nb] if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            n, stoch = flat.shape
+            if ctx.nz // stoch >= 32:
+                # one_hot(idx).T @ grad as a sparse (nz, N) matrix with N * stoch ones: a sparse-dense product
+                rows = torch.arange(n, device=flat.device).repeat_interleave(stoch)
+                onehot_t = torch.sparse_coo_tensor(torch.stack((flat.reshape(-1), rows)), grad.new_ones(n * stoch),
+                                                   (ctx.nz, n), check_invariants=False)  # fmt: skip
+                grad_z = torch.sparse.mm(onehot_t, grad).t()
+            else:  # few classes: the dense product is cheaper than building the sparse matrix
+                grad_z = grad.t() @ grad.new_zeros(n, ctx.nz).scatter_(1, flat, 1.0)
+            grad_w = torch.cat((grad.t() @ h, grad_z), 1)
+        return grad_h, None, grad_w, None
+
+
+def mlp_sparse(net: nn.Sequential, h: Tensor, idx: Tensor, classes: int) -> Tensor:
+    """``net(cat(h, one_hot(idx)))`` for an :func:`mlp` whose input is a latent ``[h, z]``, never building the
+    one-hot: the first layer is :func:`sparse_linear`, or :class:`_LatentLinear` when it is trained."""
+    first = net[0]
+    if torch.is_grad_enabled() and first.weight.requires_grad:
+        stoch = idx.shape[-1]
+        flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
+        out = _LatentLinear.apply(h.reshape(-1, h.shape[-1]), flat, first.weight, stoch * classes)
+        out = out.view(*idx.shape[:-1], -1)
+        if first.bias is not None:
+            out = out + first.bias
+        return net[1:](out)
+    return net[1:](sparse_linear(first, idx, classes, before=h))
 
 
 # ---------------------------------------------------------------------------------------------------- encoders
@@ -221,15 +289,19 @@ class RSSM(nn.Module):
         """
         T, B = embed.shape[:2]
         h0, z0 = self.initial(B)
+        first = is_first.unsqueeze(-1).bool()
+        actions = actions.masked_fill(first, 0.0)
+        # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence.
+        w_post = self.post[0].weight
+        w_h, post_embed = w_post[:, : self.deter], F.linear(embed, w_post[:, self.deter :])
         h, z = h0, z0
         hs, zs, posts = [], [], []
         for t in range(T):
-            first = is_first[t].unsqueeze(-1)
-            keep = 1.0 - first
-            h = keep * h + first * h0
-            z = keep * z + first * z0
-            h = self.step(h, z, keep * actions[t])
-            post = self.probs(self.post, torch.cat((h, embed[t]), -1))
+            h = torch.where(first[t], h0, h)
+            z = torch.where(first[t], z0, z)
+            h = self.step(h, z, actions[t])
+            logits = self.post[1:](F.linear(h, w_h) + post_embed[t])
+            post = unimix_probs(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
             z = sample_onehot(post).flatten(-2)
             hs.append(h)
             zs.append(z)

@@ -52,7 +52,7 @@ class DreamerV3Args(AlgoConfig):
     image_every: int = arg(
         10_000, "log reconstructed vs real frames every this many policy steps (pixel runs; 0 = off)"
     )
-    compile: bool = arg(False, "torch.compile the RSSM step and the heads (helps on GPUs; slower start)")
+    compile: bool = arg(False, "torch.compile the RSSM step (no gain measured on a CPU; untested on GPUs)")
 
 
 @dataclass

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, mlp_sparse
-from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_loss, two_hot_mean
+from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, cached_one_hot_tables, mlp_sparse
+from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_ce, two_hot_loss, two_hot_mean
 from sheeprl.data.sequence import EnvSequenceBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.ratio import Ratio
@@ -81,18 +81,30 @@ def imagine(agent: Agent, h: Tensor, z: Tensor, horizon: int) -> tuple[Tensor, T
     return torch.stack(latents), torch.stack(actions)
 
 
-def imagine_sparse(agent: Agent, h: Tensor, idx: Tensor, horizon: int) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`imagine` without gradients, the latents kept as class indices (discrete actions: REINFORCE needs no
-    gradient through the model). Returns ``h (H+1, N, deter)``, indices ``(H+1, N, stoch)``, actions ``(H, N, A)``."""
+def imagine_sparse(agent: Agent, h: Tensor, idx: Tensor, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`imagine` for discrete actions (REINFORCE needs no gradient through the model), the latents kept as
+    class indices. Returns ``h (H+1, N, deter)``, indices ``(H+1, N, stoch)``, actions ``(H, N, A)`` and the actor's
+    log-probabilities ``(H, N, A)``: the only part with a graph (the actor's own layers), so its loss reuses them
+    instead of running the actor over the trajectory a second time."""
     rssm, actor = agent.world_model.rssm, agent.actor
-    hs, idxs, actions = [h], [idx], []
+    hs, idxs, actions, outs = [h], [idx], [], []
     for _ in range(horizon):
-        action = actor.sample_from(actor.head(mlp_sparse(actor.net, h, idx, rssm.classes)))
-        h, idx = rssm.imagine_step_sparse(h, idx, action)
+        out = actor.head(mlp_sparse(actor.net, h, idx, rssm.classes))
+        with torch.no_grad():
+            action = actor.sample_from(out.detach())
+            h, idx = rssm.imagine_step_sparse(h, idx, action)
         hs.append(h)
         idxs.append(idx)
         actions.append(action)
-    return torch.stack(hs), torch.stack(idxs), torch.stack(actions)
+        outs.append(out)
+    return torch.stack(hs), torch.stack(idxs), torch.stack(actions), torch.stack(outs)
+
+
+def per_step(
+    net: nn.Sequential, hs: Tensor, idx: Tensor, classes: int, fn: Callable[[Tensor], Tensor] = lambda x: x
+) -> Tensor:
+    """``fn(net([h, one_hot(idx)]))`` over ``(H, N, *)`` imagined states, one step of ``N`` rows at a time, stacked."""
+    return torch.stack([fn(mlp_sparse(net, hs[t], idx[t], classes)) for t in range(hs.shape[0])])
 
 
 def behaviour_loss(
@@ -105,18 +117,20 @@ def behaviour_loss(
     h, z, cont0 = (x.reshape(-1, x.shape[-1]) if x.ndim > 2 else x.reshape(-1) for x in start)
     if agent.actor.discrete:
         # REINFORCE: the trajectory is data. Heads read [h, one-hot z] as h plus a sum of weight columns.
+        hs, idx, actions, out = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
+        # Heads run one imagined step at a time: a step's (N, units) activations stay in the CPU cache between layers
+        # and the no-grad heads never hold the whole (H, N, units) (a few % faster on this CPU; matmuls dominate).
+        bins = agent.bins
+        # With grad on the H states the critic loss reads (it reuses these logits); the last state only bootstraps.
+        critic_logits = per_step(agent.critic, hs[:-1], idx[:-1], classes)
         with torch.no_grad():
-            hs, idx, actions = imagine_sparse(agent, h, z.unflatten(-1, (-1, classes)).argmax(-1), a.horizon)
-        critic_logits = mlp_sparse(agent.critic, hs, idx, classes)  # with grad: the critic loss reuses it
-        with torch.no_grad():
-            rewards = two_hot_mean(mlp_sparse(wm.reward, hs[1:], idx[1:], classes), agent.bins)
-            cont = torch.sigmoid(mlp_sparse(wm.cont, hs[1:], idx[1:], classes).squeeze(-1))
-            values = two_hot_mean(critic_logits.detach(), agent.bins)
-            slow = two_hot_mean(mlp_sparse(agent.slow_critic, hs[:-1], idx[:-1], classes), agent.bins)
+            rewards = per_step(wm.reward, hs[1:], idx[1:], classes, lambda x: two_hot_mean(x, bins))
+            cont = per_step(wm.cont, hs[1:], idx[1:], classes, lambda x: torch.sigmoid(x.squeeze(-1)))
+            last = per_step(agent.critic, hs[-1:], idx[-1:], classes, lambda x: two_hot_mean(x, bins))
+            values = torch.cat((two_hot_mean(critic_logits.detach(), bins), last))
+            slow = per_step(agent.slow_critic, hs[:-1], idx[:-1], classes, lambda x: two_hot_mean(x, bins))
             returns = lambda_returns(rewards, values[1:], 1.0 - cont, torch.zeros_like(cont), a.gamma, a.lmbda)
-        out = agent.actor.head(mlp_sparse(agent.actor.net, hs[:-1], idx[:-1], classes))
         logp, entropy = agent.actor.log_prob_entropy(None, actions, out)  # type: ignore[arg-type]
-        critic_logits = critic_logits[:-1]
     else:
         # Dynamics backpropagation: the actor's gradient flows through imagined states, rewards and values.
         latents, actions = imagine(agent, h, z, a.horizon)
@@ -141,8 +155,9 @@ def behaviour_loss(
         objective = (returns - values[:-1].detach()) / scale
     policy_loss = -(weight * (objective + a.ent_coef * entropy)).mean()
 
-    value_loss = two_hot_loss(critic_logits, returns.detach(), agent.bins)
-    value_loss = value_loss + a.slow_critic_reg * two_hot_loss(critic_logits, slow, agent.bins)
+    critic_logp = F.log_softmax(critic_logits, -1)
+    value_loss = two_hot_ce(critic_logp, returns.detach(), agent.bins)
+    value_loss = value_loss + a.slow_critic_reg * two_hot_ce(critic_logp, slow, agent.bins)
     value_loss = (weight * value_loss).mean()
     metrics = {
         "Loss/policy_loss": policy_loss.detach(),
@@ -195,7 +210,7 @@ def train(
 
     agent.world_model.requires_grad_(False)  # imagination must not train the model
     try:
-        with fabric.autocast():
+        with fabric.autocast(), cached_one_hot_tables():
             policy_loss, value_loss, b_metrics = behaviour_loss(agent, start, normalizer, cfg, reduce)
         step(fabric, policy_loss, actor_params, actor_opt, a.actor_clip)
     finally:

@@ -28,19 +28,24 @@ def make_bins(n: int = 255, low: float = -20.0, high: float = 20.0, device: torc
     return torch.linspace(low, high, n, device=device)
 
 
+def _two_hot_parts(x: Tensor, bins: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The two bins around ``x`` (clipped into the range) and the upper one's weight: ``(lo, hi, w_hi)``."""
+    n = bins.shape[0]
+    x = x.clamp(bins[0], bins[-1])
+    hi = torch.bucketize(x, bins).clamp(1, n - 1)  # bins[hi - 1] <= x <= bins[hi]
+    lo = hi - 1
+    b_lo, b_hi = bins[lo], bins[hi]
+    return lo, hi, (x - b_lo) / (b_hi - b_lo)
+
+
 def two_hot(x: Tensor, bins: Tensor) -> Tensor:
     """Two-hot encoding of ``x`` (already in bin space) over sorted ``bins``: ``(*,) -> (*, n)``.
 
     The weight splits between the two nearest bins so that ``(two_hot(x) * bins).sum(-1) == x`` inside the range;
     values outside are clipped to the first or last bin.
     """
-    n = bins.shape[0]
-    x = x.clamp(bins[0], bins[-1])
-    hi = torch.bucketize(x, bins).clamp(1, n - 1)  # bins[hi - 1] <= x <= bins[hi]
-    lo = hi - 1
-    b_lo, b_hi = bins[lo], bins[hi]
-    w_hi = (x - b_lo) / (b_hi - b_lo)
-    out = torch.zeros(*x.shape, n, dtype=x.dtype, device=x.device)
+    lo, hi, w_hi = _two_hot_parts(x, bins)
+    out = torch.zeros(*x.shape, bins.shape[0], dtype=x.dtype, device=x.device)
     out.scatter_(-1, lo.unsqueeze(-1), (1.0 - w_hi).unsqueeze(-1))
     out.scatter_add_(-1, hi.unsqueeze(-1), w_hi.unsqueeze(-1))
     return out
@@ -48,12 +53,24 @@ def two_hot(x: Tensor, bins: Tensor) -> Tensor:
 
 def two_hot_mean(logits: Tensor, bins: Tensor) -> Tensor:
     """Decode a two-hot head: the expected bin under ``softmax(logits)``, mapped back with symexp. ``(*, n) -> (*,)``"""
-    return symexp((logits.softmax(-1) * bins).sum(-1))
+    return symexp(logits.softmax(-1) @ bins)
+
+
+def two_hot_ce(logp: Tensor, target: Tensor, bins: Tensor) -> Tensor:
+    """Cross-entropy of log-probabilities ``logp`` (*, n) against the two-hot of ``symlog(target)`` (*,).
+
+    Reads the two bins' log-probabilities (``gather``) instead of building the ``(*, n)`` two-hot; one
+    ``log_softmax`` can serve several targets.
+    """
+    lo, hi, w_hi = _two_hot_parts(symlog(target), bins)
+    logp_lo = logp.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+    logp_hi = logp.gather(-1, hi.unsqueeze(-1)).squeeze(-1)
+    return -((1.0 - w_hi) * logp_lo + w_hi * logp_hi)
 
 
 def two_hot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     """Cross-entropy of the head ``logits`` (*, n) against the two-hot of ``symlog(target)`` (*,); per element."""
-    return -(two_hot(symlog(target), bins) * F.log_softmax(logits, -1)).sum(-1)
+    return two_hot_ce(F.log_softmax(logits, -1), target, bins)
 
 
 def categorical_kl(p: Tensor, q: Tensor) -> Tensor:
