@@ -318,8 +318,24 @@ def tune(argv: Sequence[str]) -> int:
     root.mkdir(parents=True, exist_ok=True)
     running: list[Trial] = []
     interrupted = False
+    # Ctrl-C sets a flag that the loop checks: a KeyboardInterrupt raised inside a library call (reading a run's
+    # events, the study's database) could be swallowed there, and the study would go on as if nothing happened.
+    # A second Ctrl-C interrupts at once.
+    requested = []
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    def check() -> None:
+        if requested:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         while done + len(running) < opts.trials or running:
+            check()
             while done + len(running) < opts.trials and len(running) < opts.jobs:
                 trial = study.ask(dists)
                 trial.set_user_attr("host", socket.gethostname())
@@ -331,6 +347,7 @@ def tune(argv: Sequence[str]) -> int:
                 shown = " ".join(f"{k.lstrip('+~')}={_format(v)}" for k, v in trial.params.items())
                 print(f"trial {trial.number} started: {shown}", flush=True)
             time.sleep(1.0)
+            check()
             for t in list(running):
                 poll(t, root, opts.metric)
                 if t.run.proc is not None and t.run.proc.poll() is not None:
@@ -341,6 +358,7 @@ def tune(argv: Sequence[str]) -> int:
                     print(f"trial {t.trial.number} {status} ({t.run.seconds:.0f} s) [{done}/{opts.trials}]", flush=True)
     except KeyboardInterrupt:
         interrupted = True
+        signal.signal(signal.SIGINT, previous)
         print("\ninterrupted: stopping the running trials; run the same command to resume", flush=True)
         for t in running:
             if t.run.proc is not None and t.run.proc.poll() is None:
@@ -354,6 +372,8 @@ def tune(argv: Sequence[str]) -> int:
             t.trial.set_user_attr("interrupted", True)
             study.tell(t.trial, state=optuna.trial.TrialState.FAIL)
             study.enqueue_trial(t.trial.params, skip_if_exists=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     preset = write_preset(study, algo, base, root, f"{study_name}_best")
     counts: dict[str, int] = {}
