@@ -117,7 +117,9 @@ def launch_run(spec: Any, cfg: Any) -> Any:
                     os.environ["LT_STRATEGY"] = saved
         else:
             fabric = Fabric(strategy=cfg.fabric.strategy) if cfg.fabric.strategy != "auto" else Fabric()
-        return spec.load_entry()(fabric, cfg)
+        result = spec.load_entry()(fabric, cfg)
+        close_process_groups()
+        return result
     strategy: Any = cfg.fabric.strategy
     if strategy in ("auto", "ddp") and cfg.fabric.devices * cfg.fabric.num_nodes > 1:
         strategy = ddp_strategy(cfg, cfg.fabric.accelerator)
@@ -133,9 +135,29 @@ def launch_run(spec: Any, cfg: Any) -> Any:
     except BaseException:
         _end_children(fabric, wait_s=0.0)  # a failed run leaves no process behind (a frozen rank included)
         raise
+    close_process_groups()
     if _end_children(fabric, wait_s=float(cfg.fabric.timeout_s)):
         raise RunFailed("a process of the run failed (see its output above)")
     return result
+
+
+def close_process_groups() -> None:
+    """End this rank's process groups once its run has ended well (every rank has made its last collective).
+
+    A gloo worker thread drops its last collective's tensors just after the waiting rank has moved on, and
+    dropping them takes the GIL. If the interpreter is being torn down by then, Python ends that thread inside a
+    C++ destructor and the rank aborts ("terminate called without an active exception", exit code 1) after a run
+    that succeeded. (A barrier does not help: its work holds the previous collectives and drops them the same
+    way.) Sleeping releases the GIL, so those threads finish while the interpreter is whole; then the groups go.
+    """
+    import time
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    time.sleep(0.05)
+    dist.destroy_process_group()
 
 
 class RunFailed(Exception):
