@@ -103,6 +103,18 @@ REGISTRY: dict[str, Entry] = {
     # Value-based presets; their tests check the greedy evaluation (Test/rew_avg) instead, see the algorithm READMEs.
     "dqn_cartpole": Entry("exp=dqn_cartpole", "CartPole-v1", (), 50_000, 475.0, log_every=1000),
     "rainbow_cartpole": Entry("exp=rainbow_cartpole", "CartPole-v1", (), 50_000, 475.0, log_every=1000),
+    # MinAtar Breakout (issue 9's bar: greedy mean >= 5 within 300k steps; random play ~0.5), greedy every 50k.
+    **{
+        f"{algo}_minatar": Entry(
+            f"exp={algo}_minatar",
+            "MinAtar/Breakout-v1",
+            ("--eval_every", "50000"),
+            300_000,
+            5.0,
+            log_every=5000,
+        )
+        for algo in ("dqn", "rainbow", "ppo")
+    },
 }
 CPU_SET = ("ppo_cartpole", "ppo_decoupled_cartpole", "sac_pendulum", "td3_pendulum", "droq_pendulum")
 

@@ -423,3 +423,17 @@ def test_a_frozen_rank_is_not_left_behind(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # any straggler of this run's session
         except ProcessLookupError:
             pass
+
+
+def test_close_process_groups_ends_the_groups_of_a_finished_run(tmp_path):
+    """A finished run leaves no gloo group to interpreter teardown (its workers could abort the rank there)."""
+    import torch.distributed as dist
+
+    from sheeprl.launcher import close_process_groups
+
+    close_process_groups()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.new_group([0])
+    dist.all_reduce(torch.ones(3))
+    close_process_groups()
+    assert not dist.is_initialized()
