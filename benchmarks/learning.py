@@ -132,6 +132,8 @@ class Result:
     stderr_tail: str = ""
     min_after: Optional[float] = None  # lowest windowed training return from first_step to the end
     raw_first: Optional[int] = None  # first logged step with the raw Rewards/rew_avg >= threshold
+    # Wall seconds from the process's start to the event of raw_first (issue 13's measure: what a user waits).
+    raw_first_s: Optional[float] = None
 
     @property
     def stayed(self) -> bool:
@@ -162,6 +164,17 @@ def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _first_reached_at(run_dir: Path, tag: str, threshold: float) -> Optional[float]:
+    """Wall time (epoch seconds) of the first ``tag`` event >= threshold, None if never."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return None
+    return next((e.wall_time for e in acc.Scalars(tag) if e.value >= threshold), None)
+
+
 def run_entry(
     name: str,
     seed: int,
@@ -176,24 +189,28 @@ def run_entry(
     cmd += ["--total_steps", str(budget or e.budget), "--metric.log_every", str(e.log_every), "--eval_episodes", "10"]
     cmd += ["--num_threads", "1", "--checkpoint_every", "0", "--log_root", str(log_root), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    (log_root / "started.txt").write_text(f"{started:.3f}\n")  # for --from: seconds to threshold from this start
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=log_root)
     wall = time.perf_counter() - t0
     runs = sorted(p.parent for p in log_root.rglob("config.yaml"))
     if proc.returncode != 0 or not runs:
         return Result(name, seed, proc.returncode, wall, None, None, [], None, proc.stderr[-2000:])
-    return read_run(name, seed, runs[-1], wall)
+    return read_run(name, seed, runs[-1], wall, started)
 
 
-def read_run(name: str, seed: int, run_dir: Path, wall: float) -> Result:
-    """The criteria of one finished run, from its TensorBoard logs."""
+def read_run(name: str, seed: int, run_dir: Path, wall: float, started: Optional[float] = None) -> Result:
+    """The criteria of one finished run, from its TensorBoard logs (``started``: the process's start, epoch s)."""
     e = REGISTRY[name]
     tags = _scalars(run_dir)
     curve = [(int(s), float(v)) for s, v in tags.get("Rewards/rew_avg", [])]
     first, min_after, raw_first = criteria(curve, e.threshold, e.window)
     greedy = tags.get("Test/rew_avg", [])
     final = greedy[-1][1] if greedy else None
-    return Result(name, seed, 0, wall, final, first, curve, str(run_dir), "", min_after, raw_first)
+    reached_at = _first_reached_at(run_dir, "Rewards/rew_avg", e.threshold) if started is not None else None
+    raw_first_s = reached_at - started if reached_at is not None else None
+    return Result(name, seed, 0, wall, final, first, curve, str(run_dir), "", min_after, raw_first, raw_first_s)
 
 
 def read_kept(folder: Path) -> list[Result]:
@@ -210,7 +227,9 @@ def read_kept(folder: Path) -> list[Result]:
                     if saved.exists()
                     else events[-1].stat().st_mtime - configs[-1].stat().st_mtime
                 )
-                res = read_run(name, int(seed_dir.name[4:]), configs[-1].parent, wall)
+                start_file = seed_dir / "started.txt"
+                started = float(start_file.read_text()) if start_file.exists() else None
+                res = read_run(name, int(seed_dir.name[4:]), configs[-1].parent, wall, started)
                 if res.final_greedy is not None:  # an interrupted run has no final evaluation
                     out.append(res)
     return out
@@ -292,6 +311,8 @@ def summarize(results: list[Result]) -> dict[str, dict]:
             if ok
             else None,
             "wall": float(np.mean([r.wall_s for r in ok])) if ok else None,
+            # Seconds from process start to the first raw point >= threshold, over the seeds that got there.
+            "raw_first_s": [r.raw_first_s for r in ok if r.raw_first_s is not None],
         }
     return out
 
@@ -327,6 +348,14 @@ def markdown(summary: dict[str, dict], seeds: list[int]) -> str:
     lines += ["", "Per seed (steps to threshold, lowest after, greedy):", ""]
     for name, s in summary.items():
         lines.append(f"- {name}: " + "; ".join(s["per_seed"]))
+    timed = {n: s["raw_first_s"] for n, s in summary.items() if s.get("raw_first_s")}
+    if timed:
+        lines += ["", "Wall seconds from process start to the first raw training return >= threshold (seeds that got "
+                  "there; what a user waits, start-up included):", ""]  # fmt: skip
+        for name, secs in timed.items():
+            lines.append(
+                f"- {name}: mean {np.mean(secs):.1f} s, max {max(secs):.1f} s ({', '.join(f'{x:.1f}' for x in secs)})"
+            )
     anchors = [(n, a) for n in summary for a in REGISTRY[n].anchors]
     if anchors:
         lines += ["", "Published anchors:", ""] + [f"- {n}: {a}" for n, a in anchors]
