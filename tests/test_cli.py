@@ -62,6 +62,18 @@ def test_compose_merges_flags_overrides_and_presets():
     assert cfg.algo.total_steps == 4096
 
 
+@pytest.mark.parametrize(("preset", "devices"), [("sac_decoupled_pendulum", 2), ("ppo_decoupled_cartpole", 3)])
+def test_decoupled_presets_bring_their_processes(preset, devices):
+    """``python sheeprl.py exp=<decoupled preset>`` runs as typed (a decoupled run refuses one process)."""
+    from sheeprl.cli import _split_algo
+
+    algo, rest = _split_algo([f"exp={preset}"])
+    _, cfg = build_config(algo, rest)
+    assert cfg.fabric.devices == devices
+    _, cfg = build_config(algo, [*rest, "--devices", "5"])  # 4 trainers: both presets' batches split evenly
+    assert cfg.fabric.devices == 5
+
+
 def test_preset_selects_the_algorithm(capsys):
     from sheeprl.cli import _split_algo
 
