@@ -123,12 +123,12 @@ def test_dqn_learns_cartpole(cli, tmp_path, seed):
 
 @pytest.mark.learning
 @pytest.mark.skipif(not os.environ.get("SHEEPRL_HEAVY"), reason="~40 CPU-minutes a run: set SHEEPRL_HEAVY=1")
-@pytest.mark.parametrize("algo", ["dqn"])
+@pytest.mark.parametrize("algo", ["dqn", "rainbow"])
 @pytest.mark.parametrize("seed", ["1", "2"])
 def test_value_based_learns_minatar_breakout(cli, tmp_path, algo, seed):
     """Issue 9's pixel bar: with its MinAtar preset, a greedy evaluation (Test/rew_avg, 10 episodes every 50k)
     reaches a mean return >= 5 on MinAtar/Breakout-v1 (random play: ~0.5) within 300k policy steps, on both seeds
-    (measured in sheeprl/algos/dqn/README.md). Opt-in: the 300k steps take longer than the whole suite."""
+    (measured in benchmarks/results/learning_minatar.md). Opt-in: the 300k steps take longer than the whole suite."""
     proc = cli(f"exp={algo}_minatar", "--seed", seed, "--num_threads", "1", "--eval_every", "50000", cwd=tmp_path,
                timeout=6 * 3600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
