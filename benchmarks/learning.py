@@ -158,23 +158,13 @@ def criteria(
     return curve[hits[0]][0], float(smooth[hits[0] :].min()), raw_first
 
 
-def _scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+def _scalar_events(run_dir: Path) -> dict[str, list]:
+    """Every scalar event of a run (step, value, wall_time), by tag."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def _first_reached_at(run_dir: Path, tag: str, threshold: float) -> Optional[float]:
-    """Wall time (epoch seconds) of the first ``tag`` event >= threshold, None if never."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags()["scalars"]:
-        return None
-    return next((e.wall_time for e in acc.Scalars(tag) if e.value >= threshold), None)
+    return {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
 
 
 def run_entry(
@@ -205,13 +195,14 @@ def run_entry(
 def read_run(name: str, seed: int, run_dir: Path, wall: float, started: Optional[float] = None) -> Result:
     """The criteria of one finished run, from its TensorBoard logs (``started``: the process's start, epoch s)."""
     e = REGISTRY[name]
-    tags = _scalars(run_dir)
-    curve = [(int(s), float(v)) for s, v in tags.get("Rewards/rew_avg", [])]
+    events = _scalar_events(run_dir)
+    train = events.get("Rewards/rew_avg", [])
+    curve = [(int(ev.step), float(ev.value)) for ev in train]
     first, min_after, raw_first = criteria(curve, e.threshold, e.window)
-    greedy = tags.get("Test/rew_avg", [])
-    final = greedy[-1][1] if greedy else None
-    reached_at = _first_reached_at(run_dir, "Rewards/rew_avg", e.threshold) if started is not None else None
-    raw_first_s = reached_at - started if reached_at is not None else None
+    greedy = events.get("Test/rew_avg", [])
+    final = float(greedy[-1].value) if greedy else None
+    reached_at = next((ev.wall_time for ev in train if ev.value >= e.threshold), None)
+    raw_first_s = reached_at - started if reached_at is not None and started is not None else None
     return Result(name, seed, 0, wall, final, first, curve, str(run_dir), "", min_after, raw_first, raw_first_s)
 
 
