@@ -1,5 +1,6 @@
 """DQN end to end, as a user runs it: smoke (CartPole, MinAtar pixels), 2 processes, bad input, resume with the
-replay buffer, evaluation of a checkpoint, and learning CartPole (greedy evaluation, Test/rew_avg)."""
+replay buffer, evaluation of a checkpoint, learning CartPole (greedy evaluation, Test/rew_avg) and, opt-in
+(SHEEPRL_HEAVY=1), DQN and Rainbow learning MinAtar Breakout."""
 
 import os
 
