@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import signal
 import sys
 import typing
 from collections.abc import Sequence
@@ -594,6 +595,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         spec, cfg = build_config(algo, rest)
     except UsageError as err:
+        if _ctrl_c_pressed:  # the error is what a library made of the interrupt (see run_cli)
+            raise KeyboardInterrupt from None
         print(f"sheeprl: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return _run(spec, cfg)
@@ -651,13 +654,45 @@ def script() -> None:
     sys.exit(code)
 
 
+_ctrl_c_pressed = False
+
+
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    global _ctrl_c_pressed
+    _ctrl_c_pressed = True
+    raise KeyboardInterrupt
+
+
 def run_cli(argv: Optional[Sequence[str]] = None) -> int:
-    """``main`` for console scripts: a closed pipe (``| head``) is not an error."""
+    """``main`` for console scripts: a closed pipe (``| head``) is not an error; Ctrl-C exits 130 in one line.
+
+    A Ctrl-C before the run takes the signal over (it lands in imports, config checks) is remembered here:
+    libraries do not all survive a KeyboardInterrupt in the middle of an import (torch's lazy ``torch._dynamo``
+    import, which building a test optimizer triggers, fails on the next use with a RecursionError that the
+    optimizer check reported as a config error, exit 2). Whatever the interrupt turned into, it is reported as one.
+    """
+    global _ctrl_c_pressed
+    _ctrl_c_pressed = False
     try:
-        return main(argv)
+        previous = signal.signal(signal.SIGINT, _on_ctrl_c)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        code = main(argv)
+        if code != 0 and _ctrl_c_pressed:
+            raise KeyboardInterrupt
+        return code
     except BrokenPipeError:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:  # Ctrl-C during start-up, or a second one during a run
         print("sheeprl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BaseException:
+        if not _ctrl_c_pressed:
+            raise
+        print("sheeprl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
