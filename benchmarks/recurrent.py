@@ -111,6 +111,8 @@ def main() -> None:
     p.add_argument("--peer_python", default="../peers/sb3/bin/python")
     p.add_argument("--skip", nargs="*", default=[], choices=["ppo", "a2c", "recurrent_peer"])
     args = p.parse_args()
+    # Absolute (the runs start in temporary folders), without following the venv's symlink to the base interpreter.
+    args.peer_python = os.path.abspath(args.peer_python)
     has_peer = Path(args.peer_python).exists()
     log = ["--metric.log_every", "10000"]
 
