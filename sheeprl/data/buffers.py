@@ -313,10 +313,12 @@ class ReplayBuffer:
         """A per-row boolean from a stored flag of any dtype and trailing shape."""
         return src.index_select(0, flat_idx).reshape(flat_idx.numel(), -1).ne(0).any(-1)
 
-    def to_tensordict(self) -> TensorDict:
-        """A copy of the stored steps in chronological order, shape ``(len(self), n_envs)``.
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """A copy of the stored steps in chronological order, ``{key: (len(self), n_envs, *)}``.
 
-        A copy rather than a view, so it stays valid while new steps overwrite the ring.
+        A copy rather than a view, so it stays valid while new steps overwrite the ring. Plain tensors: for
+        algorithms that read a short rollout once per update (A2C), a TensorDict's bookkeeping costs more than
+        the copy.
         """
         length = len(self)
         out = {}
@@ -325,7 +327,11 @@ class ReplayBuffer:
                 out[key] = torch.cat((src[self.pos :], src[: self.pos]))
             else:
                 out[key] = src[:length].clone()
-        return TensorDict(out, batch_size=(length, self.n_envs), device=self.device)
+        return out
+
+    def to_tensordict(self) -> TensorDict:
+        """:meth:`to_dict` as a TensorDict of batch size ``(len(self), n_envs)``."""
+        return TensorDict(self.to_dict(), batch_size=(len(self), self.n_envs), device=self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class Hyper(NamedTuple):
 
 
 def train(fabric: Fabric, agent: Any, optimizer: Any, data: Any, h: Hyper, run: Run) -> None:
-    """One gradient step on the whole rollout (``data``: a flat TensorDict of this rank's transitions)."""
+    """One gradient step on the whole rollout (``data``: this rank's transitions, ``{key: (T * N, *)}``)."""
     logprobs, entropy, values = agent({k: data[k] for k in h.obs_keys}, data["actions"])
     adv = data["advantages"]
     if h.normalize_advantages and adv.numel() > 1:
@@ -136,7 +136,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
         # ---- n-step (GAE) returns, then one gradient step
         with run.timer("train"):
-            data = rb.to_tensordict()
+            data = rb.to_dict()
             values = data["values"]
             next_values = next_values_from_rollout(
                 values, player.value(next_obs).cpu(), data["dones"], data["bootstrap"]
@@ -145,7 +145,8 @@ def main(fabric: Fabric, cfg: Any) -> None:
                 data["rewards"], values, next_values, data["terminated"], data["dones"], gamma, gae_lambda
             )
             data["advantages"], data["returns"] = advantages, returns
-            train(fabric, agent_ddp, optimizer, data.reshape(-1).to(device), hyper, run)
+            flat = {k: v.reshape(-1, *v.shape[2:]).to(device) for k, v in data.items()}  # (T * N, *)
+            train(fabric, agent_ddp, optimizer, flat, hyper, run)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 
