@@ -135,6 +135,38 @@ def test_reset_keeps_storage():
     assert codes(rb.to_tensordict())[:, 0].tolist() == [5000, 5100]
 
 
+@pytest.mark.parametrize("memmap", [False, True])
+def test_add_step_equals_add_of_one_step(tmp_path, memmap):
+    """add_step(x) == add(x[None]): torch and numpy values, dtypes cast to the stored ones, around the ring."""
+    kwargs = {"memmap": True, "memmap_dir": tmp_path} if memmap else {}
+    a, b = ReplayBuffer(4, N_ENVS, **kwargs), ReplayBuffer(4, N_ENVS)
+    for t in range(7):
+        one = {k: v[0] for k, v in steps(t, 1).items()}
+        if t % 2:  # numpy inputs, rewards as float64 as an env returns them
+            one = {k: v.numpy() for k, v in one.items()}
+            one["state"] = one["state"].astype(np.float64)
+        a.add_step(one)
+        b.add(steps(t, 1))
+    assert a.pos == b.pos and a.full and len(a) == len(b)
+    for key in b.keys():
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_add_step_first_call_and_errors_go_through_add():
+    rb = ReplayBuffer(4, N_ENVS)
+    rb.add_step({"state": np.ones((N_ENVS, 2), dtype=np.float32), "dones": np.zeros(N_ENVS, dtype=bool)})
+    assert rb["state"].dtype == torch.float32 and rb["dones"].dtype == torch.bool and len(rb) == 1
+    before = rb.to_dict()
+    with pytest.raises(ValueError, match=r"'state'.*per-env shape"):
+        rb.add_step({"state": np.ones((N_ENVS, 3), dtype=np.float32), "dones": np.zeros(N_ENVS, dtype=bool)})
+    with pytest.raises(ValueError, match="missing \\['dones'\\]"):
+        rb.add_step({"state": np.ones((N_ENVS, 2), dtype=np.float32)})
+    assert len(rb) == 1 and all(torch.equal(before[k], v) for k, v in rb.to_dict().items())
+    w = torch.ones(N_ENVS, 2, requires_grad=True)
+    rb.add_step({"state": w * 2, "dones": torch.ones(N_ENVS, dtype=torch.bool)})
+    assert not rb["state"].requires_grad and rb["state"][1].tolist() == [[2.0, 2.0]] * N_ENVS
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -331,3 +332,74 @@ def test_ppo_agent_act_matches_its_modules():
         torch.testing.assert_close(actions, actions2)
         torch.testing.assert_close(logp, logp2)
         torch.testing.assert_close(values, values2)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "leaky_relu", "identity"])
+def test_parallel_mlps_numpy_matches_torch_and_follows_weight_changes(act):
+    from sheeprl.models.parallel import ParallelMLPs
+
+    mlps = _heads(act=act)
+    fused = ParallelMLPs.create(mlps)
+    x = torch.randn(6, 5)
+    out = fused.numpy(x.numpy())
+    assert out is not None and out.dtype == np.float32 and out.shape == (6, 4)
+    torch.testing.assert_close(torch.from_numpy(out), fused(x))
+    params = [p for m in mlps for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=0.1, fused=True)
+    sum(m(x).sum() for m in mlps).backward()
+    opt.step()
+    with torch.no_grad():
+        expected = torch.cat([m(x) for m in mlps], dim=-1)
+    torch.testing.assert_close(torch.from_numpy(fused.numpy(x.numpy())), expected)
+
+
+def test_parallel_mlps_numpy_declines_what_it_cannot_run_exactly():
+    """None (the caller then takes the torch path): GELU, float64 weights, a product big enough for BLAS threads."""
+    from sheeprl.models import parallel
+    from sheeprl.models.parallel import ParallelMLPs
+
+    x = np.random.default_rng(0).standard_normal((4, 5), dtype=np.float32)
+    assert ParallelMLPs.create(_heads(act="gelu")).numpy(x) is None
+    mlps = _heads()
+    for m in mlps:
+        m.double()
+    assert ParallelMLPs.create(mlps).numpy(x.astype(np.float64)) is None
+    fused = ParallelMLPs.create(_heads())
+    rows = parallel.NUMPY_MAX_MACS // fused._macs_per_row + 1
+    assert fused.numpy(np.zeros((rows, 5), dtype=np.float32)) is None
+    assert fused.numpy(np.zeros((rows - 1, 5), dtype=np.float32)) is not None
+
+
+@pytest.mark.parametrize("kind", ["discrete", "multidiscrete", "box"])
+def test_ppo_agent_numpy_acting_equals_the_torch_path(kind):
+    """On the CPU PPO acts in numpy: same actions for the same seed, log-probs and values equal up to rounding."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.ppo.agent import build_agent
+    from sheeprl.algos.ppo.args import PPOConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(PPOConfig), {"algo": {"mlp_keys": {"encoder": ["a", "b"]}}})
+    space = {
+        "discrete": gym.spaces.Discrete(3),
+        "multidiscrete": gym.spaces.MultiDiscrete([2, 5]),
+        "box": gym.spaces.Box(-1.0, 1.0, (2,)),
+    }[kind]
+    obs_space = gym.spaces.Dict({"a": gym.spaces.Box(-1, 1, (4,)), "b": gym.spaces.Box(-1, 1, (3,))})
+    agent = build_agent(obs_space, space, cfg)
+    for lead in ((5,), (2, 3)):
+        obs = {"a": torch.randn(*lead, 4), "b": torch.randn(*lead, 3).double()}  # float64 is cast, as in the encoder
+        torch.manual_seed(7)
+        fast = agent._act_numpy(obs)
+        assert fast is not None
+        torch.manual_seed(7)
+        slow = agent._act_torch(obs)
+        assert torch.equal(fast[0], slow[0]) and fast[0].dtype == slow[0].dtype
+        for f, s in zip(fast, slow, strict=True):
+            assert f.shape == s.shape and f.dtype == s.dtype
+            torch.testing.assert_close(f, s)
+        # act() draws the same noise as the torch path, so a seeded run is the same on either path.
+        torch.manual_seed(7)
+        assert torch.equal(agent.act(obs)[0], slow[0])
+    # An observation that carries a graph is not the rollout's: the torch path answers.
+    assert agent._act_numpy({"a": torch.randn(5, 4, requires_grad=True), "b": torch.randn(5, 3)}) is None

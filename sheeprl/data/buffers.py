@@ -74,6 +74,8 @@ class ReplayBuffer:
         self._flat: dict[str, torch.Tensor] = {}
         # (1, n_envs, *) per key: the shape a single-step add must have to take the fast path.
         self._step_shape: dict[str, torch.Size] = {}
+        # numpy views of CPU storage (same memory), for add_step: a numpy row write costs ~0.4 us, a torch one ~2 us.
+        self._np_storage: dict[str, np.ndarray] = {}
         self._buffer = TensorDict({}, batch_size=(self.buffer_size, self.n_envs), device=self.device)
 
     # ------------------------------------------------------------------ properties
@@ -125,6 +127,9 @@ class ReplayBuffer:
             self._storage[key] = tensor
             self._flat[key] = tensor.view(self.buffer_size * self.n_envs, *shape)
             self._step_shape[key] = torch.Size((1, self.n_envs, *shape))
+        self._np_storage = {}
+        if all(t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in self._storage.values()):
+            self._np_storage = {k: t.numpy() for k, t in self._storage.items()}
         self._buffer = TensorDict(dict(self._storage), batch_size=(self.buffer_size, self.n_envs), device=self.device)
 
     def _as_tensors(self, data: DataLike) -> dict[str, torch.Tensor]:
@@ -219,6 +224,38 @@ class ReplayBuffer:
                 if first < n:
                     dst[: n - first].copy_(value[first:])
         self._advance(steps)
+
+    def add_step(self, data: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+        """Write one step of every env: each value shaped ``(n_envs, *)`` (``add`` without the leading T = 1).
+
+        The rollout hot path: on CPU storage the rows are written through numpy views, several times cheaper than
+        torch's indexing. Values are cast to the stored dtypes, as ``add`` does; the first call (which fixes the
+        keys, shapes and dtypes) and anything unusual go through ``add``.
+        """
+        store = self._np_storage
+        if store and len(data) == len(store) and type(self).add is ReplayBuffer.add:
+            rows = []
+            for key, value in data.items():
+                dst = store.get(key)
+                if dst is None:
+                    break
+                if isinstance(value, torch.Tensor):
+                    if value.device.type != "cpu" or value.dtype == torch.bfloat16:
+                        break
+                    value = value.detach().numpy() if value.requires_grad else value.numpy()
+                elif not isinstance(value, np.ndarray):
+                    break
+                if value.shape != dst.shape[1:]:
+                    break
+                rows.append((dst, value))
+            else:
+                # Every key is checked before any is written, so a bad call leaves the buffer untouched.
+                pos = self.pos
+                for dst, value in rows:
+                    dst[pos] = value
+                self._advance(1)
+                return
+        self.add({k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)[None] for k, v in data.items()})
 
     def _advance(self, steps: int) -> None:
         if self.pos + steps >= self.buffer_size:

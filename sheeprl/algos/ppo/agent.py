@@ -22,6 +22,10 @@ from sheeprl.utils.distributions import (
     normal_entropy,
     normal_log_prob,
     normal_sample,
+    np_categorical_log_prob,
+    np_categorical_sample,
+    np_normal_log_prob,
+    np_normal_sample,
 )
 
 
@@ -69,6 +73,10 @@ class PPOAgent(nn.Module):
         self.critic = MLP(feat, 1, hidden, cfg.activation, ortho_init=cfg.ortho_init, output_std=1.0)
         # Acting runs actor and critic as one network (a third of the per-step dispatch); training uses the modules.
         self._heads = ParallelMLPs.create([self.actor, self.critic])
+        # Vector observations straight into the heads (no CNN, no encoder layers): acting can then run in numpy.
+        enc = self.encoder.mlp_encoder
+        self._np_keys = enc.keys if cnn is None and enc is not None and len(enc.model) == 0 else None
+        self._np_splits = np.cumsum(self.nvec)[:-1].tolist()
         # With no entropy bonus the entropy is only logged: computing it off the graph spares its backward.
         self.entropy_grad = True
 
@@ -105,9 +113,50 @@ class PPOAgent(nn.Module):
         entropy = self._entropy(out if self.entropy_grad else out.detach())
         return self._log_prob(out, actions), entropy, self.critic(feat).squeeze(-1)
 
-    @torch.no_grad()
     def act(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Rollout: sampled actions (pre-squash for Box), their log-probabilities and the values."""
+        out = self._act_numpy(obs) if self._np_keys is not None and self._heads is not None else None
+        return out if out is not None else self._act_torch(obs)
+
+    def _act_numpy(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """:meth:`act` in numpy on the CPU (a small policy's step is op dispatch, ~4x cheaper in numpy), else None.
+
+        Same weights (a view of the fused snapshot), same torch noise calls, so the same actions as the torch
+        path and log-probabilities and values equal up to float rounding.
+        """
+        assert self._np_keys is not None and self._heads is not None
+        parts = [obs[k] for k in self._np_keys]
+        if any(t.device.type != "cpu" or t.requires_grad for t in parts):
+            return None
+        arrays = [t.numpy() for t in parts]
+        x = np.concatenate(arrays, axis=-1) if len(arrays) > 1 else arrays[0]
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        both = self._heads.numpy(x)
+        if both is None:
+            return None
+        out, values = both[:, :-1], both[:, -1]
+        if not self.nvec:
+            log_std = self.log_std.detach().numpy()
+            actions = np_normal_sample(out, log_std)
+            logp = np_normal_log_prob(out, log_std, actions)
+        elif len(self.nvec) == 1:
+            actions = np_categorical_sample(out)
+            logp = np_categorical_log_prob(out, actions)
+        else:
+            logits = np.split(out, self._np_splits, axis=-1)
+            actions = np.stack([np_categorical_sample(lg) for lg in logits], axis=-1)
+            logp = sum(np_categorical_log_prob(lg, actions[:, i]) for i, lg in enumerate(logits))
+        return (
+            torch.from_numpy(actions.reshape(*lead, *actions.shape[1:])),
+            torch.from_numpy(logp.reshape(lead)),
+            torch.from_numpy(values.reshape(lead)),
+        )
+
+    @torch.no_grad()
+    def _act_torch(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         feat = self.encoder(obs)
         if self._heads is not None:
             both = self._heads(feat)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from sheeprl.algos.ppo.agent import PPOAgent, build_agent
@@ -137,21 +138,21 @@ def main(fabric: Fabric, cfg: Any) -> None:
                 obs, rewards, terminated, truncated, infos = envs.step(player.to_env(actions).cpu().numpy())
                 dones = terminated | truncated
                 # A truncated episode continues in theory: bootstrap it from its real final observation.
-                bootstrap = torch.zeros(num_envs)
+                bootstrap = np.zeros(num_envs, dtype=np.float32)
                 cut = truncated & ~terminated
                 if cut.any():
                     final = obs_to_torch(final_obs_batch(infos, cut, obs_keys), fabric.device)
-                    bootstrap[torch.from_numpy(cut)] = player.value(final).cpu()
-                rb.add(
+                    bootstrap[cut] = player.value(final).cpu().numpy()
+                rb.add_step(
                     {
-                        **{k: v[None] for k, v in next_obs.items()},
-                        "actions": actions[None],
-                        "logprobs": logprobs[None],
-                        "values": values[None],
-                        "rewards": torch.as_tensor(rewards, dtype=torch.float32)[None],
-                        "terminated": torch.from_numpy(terminated)[None],
-                        "dones": torch.from_numpy(dones)[None],
-                        "bootstrap": bootstrap[None],
+                        **next_obs,
+                        "actions": actions,
+                        "logprobs": logprobs,
+                        "values": values,
+                        "rewards": rewards.astype(np.float32),
+                        "terminated": terminated,
+                        "dones": dones,
+                        "bootstrap": bootstrap,
                     }
                 )
                 next_obs = obs_to_torch(obs, fabric.device)
