@@ -401,5 +401,7 @@ def test_ppo_agent_numpy_acting_equals_the_torch_path(kind):
         # act() draws the same noise as the torch path, so a seeded run is the same on either path.
         torch.manual_seed(7)
         assert torch.equal(agent.act(obs)[0], slow[0])
+        assert agent._heads_numpy(obs) is not None
+        torch.testing.assert_close(agent.value(obs), agent._value_torch(obs))
     # An observation that carries a graph is not the rollout's: the torch path answers.
     assert agent._act_numpy({"a": torch.randn(5, 4, requires_grad=True), "b": torch.randn(5, 3)}) is None

@@ -63,6 +63,22 @@ def test_gae_equals_explicit_sum_of_discounted_deltas():
             assert adv[t, n].item() == pytest.approx(total, abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gae_numpy_path_equals_the_torch_path(dtype):
+    """CPU rollouts take a numpy recursion; the torch one (GPU tensors, or inputs with a graph) gives the same."""
+    torch.manual_seed(1)
+    T, N = 9, 3
+    rewards, values = torch.randn(T, N, dtype=dtype), torch.randn(T, N, dtype=dtype)
+    dones = torch.rand(T, N) < 0.3
+    terminated = dones & (torch.rand(T, N) < 0.5)
+    nv = torch.randn(T, N, dtype=dtype)
+    adv, ret = gae(rewards, values, nv, terminated, dones, GAMMA, LAMBDA)  # numpy
+    adv_t, ret_t = gae(rewards, values.requires_grad_(), nv, terminated, dones, GAMMA, LAMBDA)  # torch
+    assert adv.dtype == adv_t.dtype == dtype and not adv_t.requires_grad
+    torch.testing.assert_close(adv, adv_t)
+    torch.testing.assert_close(ret, ret_t.detach())
+
+
 def test_lambda_one_and_zero_limits():
     rewards, values, terminated, dones, bootstrap, last = rollout()
     nv = next_values_from_rollout(values, last, dones, bootstrap)

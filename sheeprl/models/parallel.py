@@ -125,6 +125,9 @@ class ParallelMLPs:
 
     @torch.no_grad()
     def _refresh(self) -> None:
+        if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self._params):
+            self._refresh_numpy()
+            return
         weights = []
         for depth in range(len(self._heads[0])):
             layers = [h[depth][0] for h in self._heads]
@@ -134,9 +137,31 @@ class ParallelMLPs:
                 w = torch.block_diag(*[lin.weight for lin in layers])
             weights.append((w.t().contiguous(), torch.cat([lin.bias for lin in layers])))
         self._weights = weights
-        cpu32 = all(w.device.type == "cpu" and w.dtype == torch.float32 for w, _ in weights)
-        # Views of the same snapshot (no copy), so both paths always compute with the same weights.
-        self._np_weights = [(w.numpy(), b.numpy()) for w, b in weights] if cpu32 else None
+        self._np_weights = None
+
+    def _refresh_numpy(self) -> None:
+        """The CPU snapshot: fused (in, out) arrays allocated once, each head's block copied in (the off-diagonal
+        blocks stay zero). A dozen numpy copies instead of torch's cat/block_diag/transpose: A2C refreshes after
+        every 5-step update."""
+        if self._np_weights is None:
+            arrays = []
+            for depth in range(len(self._heads[0])):
+                layers = [h[depth][0] for h in self._heads]
+                rows = layers[0].in_features if depth == 0 else sum(lin.in_features for lin in layers)
+                cols = sum(lin.out_features for lin in layers)
+                arrays.append((np.zeros((rows, cols), dtype=np.float32), np.zeros(cols, dtype=np.float32)))
+            self._np_weights = arrays
+            # The torch path reads the same memory.
+            self._weights = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in arrays]
+        for depth, (w, b) in enumerate(self._np_weights):
+            row = col = 0
+            for head in self._heads:
+                lin = head[depth][0]
+                weight = lin.weight.detach().numpy()  # (out, in)
+                out, inp = weight.shape
+                w[(slice(None) if depth == 0 else slice(row, row + inp)), col : col + out] = weight.T
+                b[col : col + out] = lin.bias.detach().numpy()
+                row, col = row + inp, col + out
 
     def _check_snapshot(self) -> None:
         # Optimizer steps (fused ones included), the parameters' own count of in-place writes, and their storage

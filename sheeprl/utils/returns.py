@@ -12,6 +12,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,24 @@ def gae(
     delta_t = r_t + gamma * (1 - terminated_t) * V(s_{t+1}) - V(s_t)
     A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
     """
+    args = (rewards, values, next_values, terminated, dones)
+    if all(x.device.type == "cpu" and not x.requires_grad for x in args) and values.dtype in (
+        torch.float32,
+        torch.float64,
+    ):
+        # The recursion is T small steps: in numpy each op costs ~1 us against ~4 us in torch (A2C's 5-step
+        # rollouts update every 40 env steps, so this is ~3% of a CartPole run). Same formula, same order.
+        r, v, nv = (x.numpy() for x in args[:3])
+        not_terminated = 1.0 - terminated.numpy().astype(v.dtype)
+        not_done = 1.0 - dones.numpy().astype(v.dtype)
+        deltas = r + gamma * not_terminated * nv - v
+        adv = np.empty_like(v)
+        last = np.zeros_like(v[0])
+        for t in range(v.shape[0] - 1, -1, -1):
+            last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+            adv[t] = last
+        advantages = torch.from_numpy(adv)
+        return advantages, advantages + values
     not_terminated = 1.0 - terminated.to(values.dtype)
     not_done = 1.0 - dones.to(values.dtype)
     deltas = rewards + gamma * not_terminated * next_values - values

@@ -115,7 +115,7 @@ class PPOAgent(nn.Module):
 
     def act(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Rollout: sampled actions (pre-squash for Box), their log-probabilities and the values."""
-        out = self._act_numpy(obs) if self._np_keys is not None and self._heads is not None else None
+        out = self._act_numpy(obs)
         return out if out is not None else self._act_torch(obs)
 
     def _act_numpy(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -124,19 +124,10 @@ class PPOAgent(nn.Module):
         Same weights (a view of the fused snapshot), same torch noise calls, so the same actions as the torch
         path and log-probabilities and values equal up to float rounding.
         """
-        assert self._np_keys is not None and self._heads is not None
-        parts = [obs[k] for k in self._np_keys]
-        if any(t.device.type != "cpu" or t.requires_grad for t in parts):
+        heads = self._heads_numpy(obs)
+        if heads is None:
             return None
-        arrays = [t.numpy() for t in parts]
-        x = np.concatenate(arrays, axis=-1) if len(arrays) > 1 else arrays[0]
-        lead = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
-        if x.dtype != np.float32:
-            x = x.astype(np.float32)
-        both = self._heads.numpy(x)
-        if both is None:
-            return None
+        both, lead = heads
         out, values = both[:, :-1], both[:, -1]
         if not self.nvec:
             log_std = self.log_std.detach().numpy()
@@ -155,6 +146,22 @@ class PPOAgent(nn.Module):
             torch.from_numpy(values.reshape(lead)),
         )
 
+    def _heads_numpy(self, obs: dict[str, Tensor]) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """(actor outputs and value, ``(rows, out + 1)``; the observations' leading dims) in numpy, or None."""
+        if self._np_keys is None or self._heads is None:
+            return None
+        parts = [obs[k] for k in self._np_keys]
+        if any(t.device.type != "cpu" or t.requires_grad for t in parts):
+            return None
+        arrays = [t.numpy() for t in parts]
+        x = np.concatenate(arrays, axis=-1) if len(arrays) > 1 else arrays[0]
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        both = self._heads.numpy(x)
+        return None if both is None else (both, lead)
+
     @torch.no_grad()
     def _act_torch(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         feat = self.encoder(obs)
@@ -166,8 +173,16 @@ class PPOAgent(nn.Module):
         actions = self._sample(out)
         return actions, self._log_prob(out, actions), values
 
-    @torch.no_grad()
     def value(self, obs: dict[str, Tensor]) -> Tensor:
+        """State values (rollouts: the bootstrap of the last and of truncated steps), in numpy where act() is."""
+        heads = self._heads_numpy(obs)
+        if heads is not None:
+            both, lead = heads
+            return torch.from_numpy(both[:, -1].reshape(lead))
+        return self._value_torch(obs)
+
+    @torch.no_grad()
+    def _value_torch(self, obs: dict[str, Tensor]) -> Tensor:
         return self.critic(self.encoder(obs)).squeeze(-1)
 
     @torch.no_grad()
