@@ -23,6 +23,9 @@ from typing import Any, Optional
 import torch
 
 from sheeprl.config import ConfigError, OptimizerConfig
+from sheeprl.utils import dynamo
+
+dynamo.patch_optimizers()  # before any optimizer exists (a no-op unless the CLI deferred torch._dynamo)
 
 SCHEDULES = ("constant", "linear", "cosine")
 # Typed fields of OptimizerConfig handed to the class only when its signature takes them.
