@@ -148,18 +148,37 @@ def test_second_ctrl_c_exits_130_without_traceback(tmp_path):
     assert "Traceback" not in err and error_lines(err)[-1] == "sheeprl: interrupted"
 
 
+# Makes the interpreter wait inside `import torch` (a finder consulted before any other), so that a Ctrl-C is sure to
+# land in the middle of an import during start-up, whatever the machine's speed or load.
+_SLOW_TORCH_IMPORT = """
+import sys, time
+class SlowTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            print("importing torch", file=sys.stderr, flush=True)
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, SlowTorch())
+"""
+
+
 def test_ctrl_c_during_start_up_exits_130_without_traceback(tmp_path):
-    proc = start(tmp_path, *TINY)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SLOW_TORCH_IMPORT)
+    cmd = [sys.executable, str(ROOT / "sheeprl.py"), "ppo", *TINY]
+    env = {**ENV, "PYTHONPATH": str(hooks)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # The CLI handles Ctrl-C ~60 ms after the interpreter starts; the run starts after ~2.5 s on this 2-core
-        # machine (importing torch, composing the config): 0.4 s is inside that window on a machine 5x faster.
-        time.sleep(0.4)
+        assert proc.stderr.readline() == "importing torch\n"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and error_lines(err) == ["sheeprl: interrupted"]
+    assert not list(tmp_path.rglob("config.yaml"))  # no run was started
 
 
 def test_ctrl_c_that_a_library_turns_into_an_error_still_exits_130(monkeypatch, capsys):
