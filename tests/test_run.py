@@ -322,3 +322,19 @@ def test_fabric_run_ddp_gets_the_run_timeout(monkeypatch):
     assert cli.launch(spec, cfg) == "fabric"
     assert made[0]["strategy"]._timeout == timedelta(seconds=17)
     assert os.environ["LT_STRATEGY"] == "ddp"  # restored for anything that reads it later
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_denormals_flush_to_zero_unless_told_not_to(tmp_path, flush):
+    """fabric.flush_denormal (default true): after a run's set-up, float32 arithmetic rounds denormals to zero."""
+    code = (
+        "import sys, torch\n"
+        "from sheeprl.cli import run_cli\n"
+        f"code = run_cli(['ppo', *{TINY!r}, '--total_steps', '128', '--eval_episodes', '0',\n"
+        f"               '--flush_denormal', '{str(flush).lower()}'])\n"
+        "print(code, float(torch.tensor([1e-39]) * 1.0) == 0.0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-2:] == ["0", str(flush)]

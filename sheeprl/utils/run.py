@@ -105,6 +105,9 @@ class Run:
         if is_distributed():
             host_group(cfg.fabric.timeout_s)  # collective the first time: every rank creates it here, first
         torch.set_num_threads(threads_per_process(cfg, self.world_size, cfg.fabric.num_nodes))
+        # Values below ~1e-38 (e.g. Adam's exp_avg_sq of a weight whose gradients have faded) take a microcode path
+        # on x86 CPUs: with them, a DQN CartPole run spent 21% longer in its loop (same returns either way).
+        torch.set_flush_denormal(bool(cfg.fabric.flush_denormal))
         # Argument validation of torch.distributions costs ~30% of a small policy's forward pass.
         torch.distributions.Distribution.set_default_validate_args(False)
         if cfg.torch_deterministic:
