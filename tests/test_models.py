@@ -302,7 +302,7 @@ def test_parallel_mlps_follow_every_weight_change():
 def test_parallel_mlps_refuse_what_they_cannot_fuse():
     from sheeprl.models.parallel import ParallelMLPs
 
-    assert ParallelMLPs.create(_heads()[:1]) is None  # nothing to fuse
+    assert ParallelMLPs.create([]) is None
     assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(5, 1, [8, 8], "tanh")]) is None  # depths differ
     assert ParallelMLPs.create([MLP(5, 2, [8], "tanh"), MLP(5, 1, [8], "relu")]) is None  # activations differ
     assert ParallelMLPs.create([MLP(5, 2, [8], "tanh", layer_norm=True), MLP(5, 1, [8], "tanh")]) is None
@@ -405,3 +405,30 @@ def test_ppo_agent_numpy_acting_equals_the_torch_path(kind):
         torch.testing.assert_close(agent.value(obs), agent._value_torch(obs))
     # An observation that carries a graph is not the rollout's: the torch path answers.
     assert agent._act_numpy({"a": torch.randn(5, 4, requires_grad=True), "b": torch.randn(5, 3)}) is None
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_dqn_greedy_in_numpy_equals_the_modules(dueling):
+    """DQN acts on a numpy snapshot of its head(s) on the CPU: the same Q-values (up to rounding) and actions."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dqn.agent import build_agent
+    from sheeprl.algos.dqn.args import DQNConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(DQNConfig), {"algo": {"dueling": dueling}})
+    q = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(3), cfg)
+    obs = {"state": torch.randn(3, 4).double()}  # 3 rows: under the numpy path's size limit with 2x256 dueling heads
+    values = q._q_numpy(obs)
+    assert values is not None
+    with torch.no_grad():
+        expected = q(obs)
+    torch.testing.assert_close(torch.from_numpy(values), expected)
+    actions = q.greedy(obs)
+    assert actions.dtype == torch.int64 and torch.equal(actions, expected.argmax(-1))
+    # After an optimizer step the snapshot follows the new weights.
+    opt = torch.optim.Adam(q.parameters(), lr=0.1)
+    q(obs).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(q._q_numpy(obs)), q(obs))

@@ -110,7 +110,7 @@ class ParallelMLPs:
     @classmethod
     def create(cls, mlps: Sequence[nn.Module]) -> ParallelMLPs | None:
         heads = [_layers(m) for m in mlps]
-        if len(heads) < 2 or any(h is None or not h for h in heads):
+        if not heads or any(h is None or not h for h in heads):
             return None
         depth = len(heads[0])
         for h in heads:

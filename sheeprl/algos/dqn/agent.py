@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder
+from sheeprl.models.parallel import ParallelMLPs
 from sheeprl.models.qheads import dueling
 
 
@@ -55,6 +56,12 @@ class QNetwork(nn.Module):
             self.advantage = MLP(features, num_actions, hidden, activation)
         else:
             self.head = MLP(features, num_actions, hidden, activation)
+        # Vector observations straight into the head(s): acting can run on a numpy snapshot of the weights (a
+        # one-observation forward is op dispatch: ~10 us in numpy against ~70 us through the modules).
+        mlp = encoder.mlp_encoder
+        direct = encoder.cnn_encoder is None and mlp is not None and len(mlp.model) == 0
+        self._np_keys = mlp.keys if direct else None
+        self._snapshot = ParallelMLPs.create([self.value, self.advantage] if self.dueling else [self.head])
 
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
         """Q-values ``(B, num_actions)``."""
@@ -63,10 +70,30 @@ class QNetwork(nn.Module):
             return dueling(self.value(x), self.advantage(x))
         return self.head(x)
 
-    @torch.no_grad()
     def greedy(self, obs: dict[str, Tensor]) -> Tensor:
-        """argmax_a Q(s, a) (evaluation and the exploiting part of epsilon-greedy)."""
-        return self(obs).argmax(dim=-1)
+        """argmax_a Q(s, a) (evaluation and the exploiting part of epsilon-greedy); in numpy on the CPU where it can."""
+        q = self._q_numpy(obs)
+        if q is not None:
+            return torch.from_numpy(q.argmax(-1))
+        with torch.no_grad():
+            return self(obs).argmax(dim=-1)
+
+    def _q_numpy(self, obs: dict[str, Tensor]) -> np.ndarray | None:
+        """Q-values ``(rows, num_actions)`` from the numpy snapshot, or None where only the modules can answer."""
+        if self._np_keys is None or self._snapshot is None:
+            return None
+        parts = [obs[k] for k in self._np_keys]
+        if any(t.device.type != "cpu" or t.requires_grad or t.ndim != 2 for t in parts):
+            return None
+        arrays = [t.numpy() for t in parts]
+        x = np.concatenate(arrays, axis=-1) if len(arrays) > 1 else arrays[0]
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        out = self._snapshot.numpy(x)
+        if out is None or not self.dueling:
+            return out
+        value, advantage = out[:, :1], out[:, 1:]
+        return value + advantage - advantage.mean(-1, keepdims=True)
 
 
 def build_agent(
