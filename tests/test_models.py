@@ -403,6 +403,10 @@ def test_ppo_agent_numpy_acting_equals_the_torch_path(kind):
         assert torch.equal(agent.act(obs)[0], slow[0])
         assert agent._heads_numpy(obs) is not None
         torch.testing.assert_close(agent.value(obs), agent._value_torch(obs))
+        assert agent._heads_numpy(obs, agent._actor_snapshot) is not None
+        greedy, expected = agent.greedy(obs), agent._greedy_torch(obs)
+        assert greedy.shape == expected.shape and greedy.dtype == expected.dtype
+        torch.testing.assert_close(greedy, expected)
     # An observation that carries a graph is not the rollout's: the torch path answers.
     assert agent._act_numpy({"a": torch.randn(5, 4, requires_grad=True), "b": torch.randn(5, 3)}) is None
 
@@ -432,3 +436,28 @@ def test_dqn_greedy_in_numpy_equals_the_modules(dueling):
     opt.step()
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(q._q_numpy(obs)), q(obs))
+
+
+def test_numpy_acting_steps_aside_while_torch_traces():
+    """Under jit.trace (as policy export does) the torch path runs: numpy would be recorded as a constant."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.ppo.agent import build_agent
+    from sheeprl.algos.ppo.args import PPOConfig
+
+    agent = build_agent(
+        gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(3), OmegaConf.structured(PPOConfig)
+    )
+
+    class Greedy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.agent = agent
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.agent.greedy({"state": x})
+
+    traced = torch.jit.trace(Greedy(), torch.randn(2, 4), check_trace=False)
+    x = torch.randn(64, 4)
+    assert torch.equal(traced(x), agent.greedy({"state": x}))

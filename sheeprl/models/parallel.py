@@ -18,6 +18,7 @@ torch's); otherwise it returns None and the caller uses the torch path.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -52,6 +53,15 @@ _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Ide
 # Multiply-adds per numpy forward above which the torch path is used: small enough that numpy's BLAS stays on the
 # calling thread, and beyond the size where per-op dispatch dominates anyway.
 NUMPY_MAX_MACS = 1 << 20
+
+
+def _tracing() -> bool:
+    """Whether torch is recording a graph (jit.trace, torch.compile, ONNX export): numpy would be baked in as a
+    constant there, so the torch path must run."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and bool(onnx.is_in_onnx_export())
 
 
 def _numpy_activation(act: nn.Module | None) -> Callable[[np.ndarray], None] | None | bool:
@@ -177,7 +187,7 @@ class ParallelMLPs:
         None: weights not float32 on the CPU, an activation numpy has no exact equivalent of, or a product large
         enough for BLAS threads (see the module docstring).
         """
-        if self._np_activations is None or x.shape[0] * self._macs_per_row > NUMPY_MAX_MACS:
+        if self._np_activations is None or x.shape[0] * self._macs_per_row > NUMPY_MAX_MACS or _tracing():
             return None
         self._check_snapshot()
         if self._np_weights is None:

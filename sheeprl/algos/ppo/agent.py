@@ -77,6 +77,8 @@ class PPOAgent(nn.Module):
         enc = self.encoder.mlp_encoder
         self._np_keys = enc.keys if cnn is None and enc is not None and len(enc.model) == 0 else None
         self._np_splits = np.cumsum(self.nvec)[:-1].tolist()
+        # Greedy actions (evaluation) need the actor alone.
+        self._actor_snapshot = ParallelMLPs.create([self.actor]) if self._np_keys is not None else None
         # With no entropy bonus the entropy is only logged: computing it off the graph spares its backward.
         self.entropy_grad = True
 
@@ -146,9 +148,15 @@ class PPOAgent(nn.Module):
             torch.from_numpy(values.reshape(lead)),
         )
 
-    def _heads_numpy(self, obs: dict[str, Tensor]) -> tuple[np.ndarray, tuple[int, ...]] | None:
-        """(actor outputs and value, ``(rows, out + 1)``; the observations' leading dims) in numpy, or None."""
-        if self._np_keys is None or self._heads is None:
+    def _heads_numpy(
+        self, obs: dict[str, Tensor], snapshot: ParallelMLPs | None = None
+    ) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """(actor outputs and value, ``(rows, out + 1)``; the observations' leading dims) in numpy, or None.
+
+        ``snapshot``: another snapshot over the same input (the actor alone, for greedy actions).
+        """
+        snapshot = self._heads if snapshot is None else snapshot
+        if self._np_keys is None or snapshot is None:
             return None
         parts = [obs[k] for k in self._np_keys]
         if any(t.device.type != "cpu" or t.requires_grad for t in parts):
@@ -159,7 +167,7 @@ class PPOAgent(nn.Module):
         x = x.reshape(-1, x.shape[-1])
         if x.dtype != np.float32:
             x = x.astype(np.float32)
-        both = self._heads.numpy(x)
+        both = snapshot.numpy(x)
         return None if both is None else (both, lead)
 
     @torch.no_grad()
@@ -185,9 +193,21 @@ class PPOAgent(nn.Module):
     def _value_torch(self, obs: dict[str, Tensor]) -> Tensor:
         return self.critic(self.encoder(obs)).squeeze(-1)
 
-    @torch.no_grad()
     def greedy(self, obs: dict[str, Tensor]) -> Tensor:
-        """The deterministic policy (mode), already mapped to the env's action space."""
+        """The deterministic policy (mode), already mapped to the env's action space (in numpy where act() is)."""
+        actor = self._heads_numpy(obs, self._actor_snapshot) if self._actor_snapshot is not None else None
+        if actor is None:
+            return self._greedy_torch(obs)
+        out, lead = actor
+        if not self.nvec:
+            return self.to_env(torch.from_numpy(out.reshape(*lead, out.shape[-1])))
+        if len(self.nvec) == 1:
+            return torch.from_numpy(out.argmax(-1).reshape(lead))
+        modes = np.stack([lg.argmax(-1) for lg in np.split(out, self._np_splits, axis=-1)], axis=-1)
+        return torch.from_numpy(modes.reshape(*lead, modes.shape[-1]))
+
+    @torch.no_grad()
+    def _greedy_torch(self, obs: dict[str, Tensor]) -> Tensor:
         out = self.actor(self.encoder(obs))
         if not self.nvec:
             return self.to_env(out)
