@@ -55,7 +55,7 @@ _ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.ELU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Ide
 NUMPY_MAX_MACS = 1 << 20
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """Whether torch is recording a graph (jit.trace, torch.compile, ONNX export): numpy would be baked in as a
     constant there, so the torch path must run."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -187,7 +187,7 @@ class ParallelMLPs:
         None: weights not float32 on the CPU, an activation numpy has no exact equivalent of, or a product large
         enough for BLAS threads (see the module docstring).
         """
-        if self._np_activations is None or x.shape[0] * self._macs_per_row > NUMPY_MAX_MACS or _tracing():
+        if self._np_activations is None or x.shape[0] * self._macs_per_row > NUMPY_MAX_MACS or tracing():
             return None
         self._check_snapshot()
         if self._np_weights is None:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder
-from sheeprl.models.parallel import ParallelMLPs
+from sheeprl.models.parallel import ParallelMLPs, tracing
 from sheeprl.models.qheads import dueling
 
 
@@ -80,7 +80,7 @@ class QNetwork(nn.Module):
 
     def _q_numpy(self, obs: dict[str, Tensor]) -> np.ndarray | None:
         """Q-values ``(rows, num_actions)`` from the numpy snapshot, or None where only the modules can answer."""
-        if self._np_keys is None or self._snapshot is None:
+        if self._np_keys is None or self._snapshot is None or tracing():
             return None
         parts = [obs[k] for k in self._np_keys]
         if any(t.device.type != "cpu" or t.requires_grad or t.ndim != 2 for t in parts):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sheeprl.models import MLP, CNNEncoder, MLPEncoder, MultiEncoder, layer_init
-from sheeprl.models.parallel import ParallelMLPs
+from sheeprl.models.parallel import ParallelMLPs, tracing
 from sheeprl.utils.distributions import (
     categorical_entropy,
     categorical_log_prob,
@@ -156,7 +156,7 @@ class PPOAgent(nn.Module):
         ``snapshot``: another snapshot over the same input (the actor alone, for greedy actions).
         """
         snapshot = self._heads if snapshot is None else snapshot
-        if self._np_keys is None or snapshot is None:
+        if self._np_keys is None or snapshot is None or tracing():
             return None
         parts = [obs[k] for k in self._np_keys]
         if any(t.device.type != "cpu" or t.requires_grad for t in parts):
