@@ -262,11 +262,13 @@ def test_parallel_mlps_match_the_modules(lead):
     torch.testing.assert_close(out, expected)
 
 
-def test_parallel_mlps_follow_every_weight_change():
-    """An optimizer step, load_state_dict and a replaced storage each make the next call use the new weights."""
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_parallel_mlps_follow_every_weight_change(n_heads):
+    """An optimizer step, load_state_dict and a replaced storage each make the next call use the new weights
+    (one MLP is viewed, not copied; several are fused into a copy that must be refreshed)."""
     from sheeprl.models.parallel import ParallelMLPs
 
-    mlps = _heads()
+    mlps = _heads()[:n_heads]
     fused = ParallelMLPs.create(mlps)
     x = torch.randn(6, 5)
 
@@ -286,17 +288,21 @@ def test_parallel_mlps_follow_every_weight_change():
         torch.testing.assert_close(after_step, expected())
         before = after_step
 
-    other = _heads()
+    other = _heads()[:n_heads]
     for m in other:
         for p in m.parameters():
             p.data.normal_()
     for m, o in zip(mlps, other, strict=True):
         m.load_state_dict(o.state_dict())
     torch.testing.assert_close(fused(x), expected())
+    torch.testing.assert_close(torch.from_numpy(fused.numpy(x.numpy())), expected())
 
     with torch.no_grad():
-        mlps[1][0].weight.data = torch.randn_like(mlps[1][0].weight)  # new storage, version untouched
+        mlps[-1][0].weight.data = torch.randn_like(mlps[-1][0].weight)  # new storage, version untouched
     torch.testing.assert_close(fused(x), expected())
+    torch.testing.assert_close(torch.from_numpy(fused.numpy(x.numpy())), expected())
+    out = fused(x)
+    assert not out.requires_grad  # the snapshot never records a graph
 
 
 def test_parallel_mlps_refuse_what_they_cannot_fuse():

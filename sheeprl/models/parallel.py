@@ -174,12 +174,27 @@ class ParallelMLPs:
                 row, col = row + inp, col + out
 
     def _check_snapshot(self) -> None:
+        if len(self._heads) == 1:
+            # One MLP needs no fused copy: views of its parameters see every in-place update (optimizer steps,
+            # load_state_dict); only a new storage (``.to()``, ``param.data = ...``) or dtype needs new views.
+            version: tuple = tuple((p.data_ptr(), p.dtype, p.device) for p in self._params)
+            if version != self._version:
+                self._view_single()
+                self._version = version
+            return
         # Optimizer steps (fused ones included), the parameters' own count of in-place writes, and their storage
         # addresses (``.to()``, ``param.data = ...``): a change in any means the snapshot is stale.
         version = (_optimizer_steps, tuple((p._version, p.data_ptr()) for p in self._params))
         if version != self._version:
             self._refresh()
             self._version = version
+
+    def _view_single(self) -> None:
+        """The snapshot of a single MLP: detached (in, out) views of its own weights, no copy."""
+        layers = [lin for lin, _ in self._heads[0]]
+        self._weights = [(lin.weight.detach().t(), lin.bias.detach()) for lin in layers]
+        cpu32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self._params)
+        self._np_weights = [(w.numpy(), b.numpy()) for w, b in self._weights] if cpu32 else None
 
     def numpy(self, x: np.ndarray) -> np.ndarray | None:
         """``self(x)`` for a float32 array ``(rows, in_features)``, in numpy; None where only the torch path runs.
