@@ -43,6 +43,94 @@ def test_fused_by_default_where_the_class_has_it_unless_asked_otherwise():
     )
 
 
+def _twin_params(seed: int = 0) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    torch.manual_seed(seed)
+    shapes = [(8, 3), (8,), (2, 8), (2,), (5,)]
+    a = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    return a, [torch.nn.Parameter(p.detach().clone()) for p in a]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("Adam", {}),
+        ("Adam", {"weight_decay": 0.1, "maximize": True}),
+        ("AdamW", {"weight_decay": 0.05}),
+        ("AdamW", {"betas": [0.8, 0.95], "eps": 1e-6}),
+    ],
+)
+def test_lean_fused_step_matches_torch_bit_for_bit(name, kwargs):
+    """The lean step (LeanAdam / LeanAdamW) against torch's fused Adam / AdamW on the same gradients: the first step
+    (state created by torch's path), later ones (the direct kernel call), a parameter without a gradient, a
+    learning-rate change in the param group (what LambdaLR does), and the saved state loaded the other way."""
+    from sheeprl.utils.optim import LeanAdam, LeanAdamW
+
+    ours_p, ref_p = _twin_params()
+    typed = {k: v for k, v in kwargs.items() if k in ("eps", "betas", "weight_decay")}
+    extra = {k: v for k, v in kwargs.items() if k not in typed}
+    ours = build_optimizer(ours_p, node(name=name, lr=1e-2, kwargs=extra, **typed))
+    assert type(ours) is (LeanAdam if name == "Adam" else LeanAdamW)
+    assert isinstance(ours, getattr(torch.optim, name))
+    ref_kwargs = {**typed, **extra}
+    if "betas" in ref_kwargs:
+        ref_kwargs["betas"] = tuple(ref_kwargs["betas"])
+    ref_kwargs["weight_decay"] = ours.param_groups[0]["weight_decay"]  # the config's default, not AdamW's 0.01
+    ref = getattr(torch.optim, name)(ref_p, lr=1e-2, fused=True, **ref_kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(6):
+        for i, (a, b) in enumerate(zip(ours_p, ref_p, strict=True)):
+            if t == 3 and i == 1:  # no gradient for one parameter on one step: skipped by both
+                a.grad = b.grad = None
+                continue
+            g = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = g.clone(), g.clone()
+        if t == 4:
+            ours.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 3e-3
+        ours.step()
+        ref.step()
+        for a, b in zip(ours_p, ref_p, strict=True):
+            assert torch.equal(a, b)
+    for sa, sb in zip(ours.state.values(), ref.state.values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    # Checkpoints are the same as torch's: a plain Adam resumes from the lean one's state and vice versa.
+    plain_opt = getattr(torch.optim, name)(ref_p, lr=1e-2, fused=True, **ref_kwargs)
+    plain_opt.load_state_dict(ours.state_dict())
+    ours.load_state_dict(ref.state_dict())
+    # load_state_dict re-patches a class's step unless it is marked: the resumed optimizer keeps the lean step.
+    assert type(ours).step is (LeanAdam if name == "Adam" else LeanAdamW).step
+    assert not hasattr(type(ours).step, "__wrapped__")
+
+
+def test_lean_step_hands_other_cases_to_torch():
+    """Hooks, closures, amsgrad and unfused optimizers take torch's own step; other classes stay as they are."""
+    from sheeprl.utils.optim import LeanAdam
+
+    ps = params()
+    opt = build_optimizer(ps, node(lr=0.1))
+    assert type(opt) is LeanAdam
+    ps[0].grad = torch.ones(3)
+    opt.step()
+    calls = []
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o is opt, args, kwargs)))
+    opt.step()  # lean path: post hooks run once, with the arguments torch's wrapper gives them
+    assert calls == [("post", True, (opt,), {})]
+    pre = opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.step()  # a pre hook may rewrite the arguments: torch's step runs (each hook once)
+    pre.remove()
+    post.remove()
+    assert calls[1:] == ["pre", ("post", True, (opt,), {})]
+    assert opt.step(lambda: torch.tensor(2.0)).item() == 2.0  # a closure's loss comes back
+    assert int(opt.state[ps[0]]["step"]) == 4
+    amsgrad = build_optimizer(params(), node(kwargs={"amsgrad": True}))
+    p = amsgrad.param_groups[0]["params"][0]
+    for _ in range(2):
+        p.grad = torch.ones(3)
+        amsgrad.step()
+    assert "max_exp_avg_sq" in amsgrad.state[p] and int(amsgrad.state[p]["step"]) == 2
+    assert type(build_optimizer(params(), node(kwargs={"fused": False}))) is torch.optim.Adam
+    assert type(build_optimizer(params(), node(name="SGD", lr=0.1))) is torch.optim.SGD
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
