@@ -115,6 +115,8 @@ class Collector:
         self.steps_per_call = self.num_envs * int(world_size)
         self.policy_step = int(run.start_step if policy_step is None else policy_step)
         self.obs: Obs = self.obs_fn(obs)
+        # ReplayBuffer (and its subclasses) take one step's rows directly; any other buffer gets add() with T = 1.
+        self._add_step: Callable[[dict[str, Any]], None] | None = getattr(buffer, "add_step", None)
         space = self.action_space
         if isinstance(space, gym.spaces.Box) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             # Checked here so that the run fails at start, not when the warm-up begins.
@@ -134,12 +136,15 @@ class Collector:
                 actions.reshape(self.num_envs, *self.action_shape).numpy()
             )
             next_t = self.obs_fn(next_obs)
-            step = self._pair(self.obs, self._real_next(next_t, infos))
-            step["actions"] = actions[None]
-            step["rewards"] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))[None]
-            step["terminated"] = torch.from_numpy(terminated.astype(np.float32))[None]
-            step["truncated"] = torch.from_numpy(truncated.astype(np.float32))[None]
-            self.buffer.add(step)
+            step: dict[str, Any] = self._pair(self.obs, self._real_next(next_t, infos))
+            step["actions"] = actions
+            step["rewards"] = np.asarray(rewards, dtype=np.float32)
+            step["terminated"] = terminated.astype(np.float32)
+            step["truncated"] = truncated.astype(np.float32)
+            if self._add_step is not None:
+                self._add_step(step)  # rows (n_envs, *) written through numpy views (~30 -> ~5 us a step)
+            else:
+                self.buffer.add({k: torch.as_tensor(v)[None] for k, v in step.items()})
             self.obs = next_t
             self.run.record_episodes(infos)
         return self.policy_step
@@ -147,9 +152,9 @@ class Collector:
     @staticmethod
     def _pair(obs: Obs, next_obs: Obs) -> dict[str, Tensor]:
         if isinstance(obs, Tensor):
-            return {"observations": obs[None], "next_observations": next_obs[None]}
-        out = {k: v[None] for k, v in obs.items()}
-        out.update({f"next_{k}": v[None] for k, v in next_obs.items()})  # type: ignore[union-attr]
+            return {"observations": obs, "next_observations": next_obs}  # type: ignore[dict-item]
+        out = dict(obs)
+        out.update({f"next_{k}": v for k, v in next_obs.items()})  # type: ignore[union-attr]
         return out
 
     def _real_next(self, next_t: Obs, infos: dict[str, Any]) -> Obs:
