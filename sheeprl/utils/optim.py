@@ -122,9 +122,9 @@ class _LeanFusedStep:
     where a whole update is a few hundred microseconds of tensor work. This step does what ``Adam.step`` does for
     fused groups (``step += 1``, then ``torch._fused_adam_`` / ``_fused_adamw_`` on the same state tensors, so
     ``state_dict`` and resumes are unchanged, then the step post hooks) and hands every other case to Adam's own: a
-    closure, step pre hooks (they may change the arguments), a
-    grad scaler, amsgrad / capturable / differentiable / unfused groups, a tensor learning rate, a parameter without
-    state yet (the first step creates it), sparse gradients, mixed devices or dtypes, and torch.compile tracing.
+    closure, step pre hooks (they may change the arguments), a grad scaler, amsgrad / capturable / differentiable /
+    unfused groups, a tensor learning rate, a parameter without state yet (the first step creates it), sparse
+    gradients, mixed devices or dtypes within a group, and torch.compile tracing.
     ``tests/test_optim.py`` checks it against ``Adam.step`` bit for bit.
     """
 
