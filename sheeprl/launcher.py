@@ -173,6 +173,8 @@ def _end_children(fabric: Any, wait_s: float) -> bool:
     import time
 
     procs: list[subprocess.Popen] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
+    if procs:
+        _stop_child_observer()
     deadline = time.monotonic() + wait_s
     for proc in procs:
         try:
@@ -186,6 +188,21 @@ def _end_children(fabric: Any, wait_s: float) -> bool:
             proc.wait()
         failed = failed or proc.returncode != 0
     return failed
+
+
+def _stop_child_observer() -> None:
+    """Detach Lightning's child-process observer: from here on this process ends its children itself.
+
+    The observer (a thread polling every 5 s) SIGKILLs this process as soon as it sees a child with a non-zero
+    exit code. Once this process has killed a frozen child, or a child has failed, that would cut the one-line
+    error and exit code 1 short with a -9 while the interpreter shuts down. Its list is rebound, not cleared
+    (it is the launcher's own list), so its next poll sees no child and ends.
+    """
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == "child-process-observer" and hasattr(thread, "_child_processes"):
+            thread._child_processes = []
 
 
 def os_error_line(err: OSError) -> str:

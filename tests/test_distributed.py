@@ -425,6 +425,36 @@ def test_a_frozen_rank_is_not_left_behind(tmp_path):
             pass
 
 
+def test_a_detached_child_observer_does_not_kill_the_process_that_reports_the_failure():
+    """After the run has ended its children, Lightning's observer must not SIGKILL the rank printing the error.
+
+    (It polls every 5 s; seeing the killed frozen child's -9 during the reporting rank's teardown, it cut the
+    exit code 1 to -9.) A stand-in "main" process takes the observer's kill here, so pytest is never at risk.
+    """
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    from sheeprl.launcher import _stop_child_observer
+
+    main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    failed.wait()
+    try:
+        observer = _ChildProcessObserver(main_pid=main.pid, child_processes=[failed], sleep_period=0.2)
+        observer.start()
+        _stop_child_observer()
+        observer.join(timeout=5)
+        assert not observer.is_alive()
+        assert main.poll() is None  # not killed
+        # Without the detach the same observer kills the stand-in: the test would catch a Lightning change.
+        control = _ChildProcessObserver(main_pid=main.pid, child_processes=[failed], sleep_period=0.2)
+        control.start()
+        control.join(timeout=5)
+        assert main.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        main.kill()
+        main.wait()
+
+
 def test_close_process_groups_ends_the_groups_of_a_finished_run(tmp_path):
     """A finished run leaves no gloo group to interpreter teardown (its workers could abort the rank there)."""
     import torch.distributed as dist
