@@ -5,8 +5,8 @@
 
 1. DQN on CartPole-v1, one env, the same settings on both sides (Stable-Baselines3 zoo's CartPole settings):
    two 256-unit layers, Adam lr 2.3e-3, batch 64, buffer 100k, 1000 warm-up steps, 0.5 gradient steps per env
-   step (SB3: train_freq 256 with 128 gradient steps), epsilon 1 -> 0.04 over 16% of the run, Huber loss, gradient
-   norm 10, one torch thread, plain (not double) DQN targets as SB3 computes them (the preset's ``--double`` is
+   step in bursts of 128 every 256 env steps (``--train_every 256``: SB3's train_freq 256 with 128 gradient
+   steps), epsilon 1 -> 0.04 over 16% of the run, Huber loss, gradient norm 10, one torch thread, plain (not double) DQN targets as SB3 computes them (the preset's ``--double`` is
    turned off here). Each side runs as its own process, interleaved (ours, SB3, ours, SB3, ...), and reports the
    training loop's wall time (ours: the run's own clock, SB3: ``model.learn``) and the whole process's (imports and
    set-up included). SB3 lives in a scratch venv, never in the project:
@@ -65,6 +65,9 @@ def run_ours(steps: int, workdir: Path) -> tuple[float, float, float]:
         "100000",
         "--exploration_steps",
         str(int(0.16 * steps)),
+        # SB3's schedule: train_freq 256 with 128 gradient steps (the same 0.5 ratio, in bursts).
+        "--train_every",
+        "256",
         # SB3's DQN has no double-DQN target: the preset's --double would add a third forward pass per update.
         "--double",
         "false",

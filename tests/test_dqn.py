@@ -77,10 +77,11 @@ def test_dqn_minatar_pixels_smoke(cli, tmp_path):
         (["--env_id", "Pendulum-v1"], "dqn does not support Box action spaces"),
         (["--replay_ratio", "0"], "algo.replay_ratio must be > 0"),
         (["--tau", "0"], "algo.tau must lie in (0, 1]"),
+        (["--train_every", "0"], "algo.train_every must be >= 1"),
         (["--eps_end", "2"], "algo.eps_end must lie in [0, 1]"),
         (["--batch_size", "33", "--devices", "2"], "must be divisible by the 2 training processes"),
     ],
-    ids=["box", "ratio", "tau", "eps", "batch_split"],
+    ids=["box", "ratio", "tau", "train_every", "eps", "batch_split"],
 )
 def test_dqn_rejects_bad_input_with_one_line(cli, tmp_path, args, message):
     proc = cli("dqn", *args, cwd=tmp_path, timeout=300)
@@ -105,6 +106,31 @@ def test_dqn_resume_with_the_replay_buffer(cli, tmp_path):
     assert second["buffer"]["pos"] == 150
     assert torch.equal(second["buffer"]["data"]["state"][:100], first["buffer"]["data"]["state"])
     assert second["gradient_steps"] > first["gradient_steps"]  # it trained at once, on the restored buffer
+
+
+def test_dqn_trains_in_bursts_with_the_same_ratio_and_resumes_mid_interval(cli, tmp_path):
+    """--train_every N trains every N rounds on what replay_ratio accumulated: the same gradient steps in total.
+
+    200 rounds of 2 envs, 100 of them after the 100 warm-up steps: 100 gradient steps at ratio 0.5 whether they
+    come one per round or 10 per 10 rounds; every 30 rounds, 3 bursts of 30 and 10 steps still pending at the end.
+    A resume from step 200 (round 50 of 100, mid-interval) ends in the same state as the run that went through.
+    """
+    counts = {}
+    for every in ("1", "10", "30"):
+        where = tmp_path / every
+        where.mkdir()
+        args = [*FAST, "--train_every", every, "--eval_episodes", "0", "--checkpoint.every", "200", "--keep_last", "0"]
+        proc = cli("dqn", *args, "--total_steps", "300", "--checkpoint.save_buffer", cwd=where)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (run,) = run_dirs(where / "logs")
+        final = torch.load(run / "checkpoint" / "ckpt_300_0.ckpt", weights_only=False)
+        counts[every] = (final["gradient_steps"], final["pending_gradient_steps"], final["train_rounds"])
+    assert counts == {"1": (100, 0, 100), "10": (100, 0, 100), "30": (90, 10, 100)}, counts
+    ckpt = run / "checkpoint" / "ckpt_200_0.ckpt"
+    proc = cli("dqn", *args, "--total_steps", "300", "--checkpoint.save_buffer", "--resume_from", str(ckpt), cwd=where)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = torch.load(run / "checkpoint" / "ckpt_300_0.ckpt", weights_only=False)
+    assert (resumed["gradient_steps"], resumed["pending_gradient_steps"], resumed["train_rounds"]) == counts["30"]
 
 
 @pytest.mark.learning

@@ -98,3 +98,27 @@ def test_target_update_hard_and_polyak_and_epsilon_schedule():
     assert linear_schedule(1.0, 0.1, 100, 0) == 1.0
     assert linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
     assert linear_schedule(1.0, 0.1, 100, 1000) == pytest.approx(0.1)
+
+
+def test_target_values_of_a_burst_equal_one_pass_per_batch():
+    """A burst's target pass over several batches gives each batch's own Q'(s'); the chunk respects its caps."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dqn.agent import build_agent
+    from sheeprl.algos.dqn.args import DQNConfig
+    from sheeprl.algos.dqn.dqn import TARGET_MAX_ROWS, target_chunk, target_values
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.structured(DQNConfig)
+    cfg.algo.dense_units, cfg.algo.mlp_keys.encoder = 16, ["state"]
+    space = gym.spaces.Dict({"state": gym.spaces.Box(-1.0, 1.0, (4,))})
+    target_q = build_agent(space, gym.spaces.Discrete(3), cfg).requires_grad_(False)
+    data = {"next_state": torch.randn(5, 8, 4)}
+    values = target_values(target_q, data, 1, 3)
+    assert values.shape == (3, 8, 3)
+    for j in range(3):
+        torch.testing.assert_close(values[j], target_q({"state": data["next_state"][1 + j]}))
+    assert target_chunk(data, ["state"], 8) == TARGET_MAX_ROWS // 8
+    frames = {"next_rgb": torch.zeros(1, 32, 4, 84, 84, dtype=torch.uint8)}
+    assert target_chunk(frames, ["rgb"], 32) == 1  # an Atari batch is over the input cap alone: one at a time

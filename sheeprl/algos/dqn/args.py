@@ -21,6 +21,11 @@ class DQNArgs(AlgoConfig):
     batch_size: int = arg(32, "transitions per gradient step, summed over the ranks (split evenly)")
     replay_ratio: float = arg(0.25, "gradient steps per policy step (fractions accumulate; 0.25 = one every 4 steps)")
     learning_starts: int = arg(50_000, "policy steps of uniform random actions before the first update")
+    train_every: int = arg(
+        1,
+        "rounds of env steps between training bursts (SB3's train_freq): each burst takes the gradient steps that "
+        "replay_ratio accumulated meanwhile; 1 = train after every round",
+    )
     gamma: float = arg(0.99, "discount factor")
     tau: float = arg(1.0, "target update: 1 = hard copy, < 1 = Polyak target <- (1 - tau) target + tau online")
     target_update_every: int = arg(2_500, "update the target network every this many gradient steps")
@@ -48,8 +53,8 @@ class DQNConfig(RunConfig):
 def validate_value_based(cfg: Any, trainers: int) -> None:
     """Checks shared by DQN and Rainbow (``trainers``: the ranks that split each batch)."""
     a = cfg.algo
-    for key in ("batch_size", "target_update_every"):
-        if a[key] < 1:
+    for key in ("batch_size", "target_update_every", "train_every"):
+        if key in a and a[key] < 1:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
     for key in ("learning_starts", "mlp_layers", "exploration_steps"):
         if key in a and a[key] < 0:

@@ -9,7 +9,7 @@ DQN: van Hasselt et al., 2016; dueling: Wang et al., 2016):
         a = uniform random with probability epsilon (always during learning_starts), else argmax_a Q(s, a)
         step the envs; store (s, a, r, s', terminated) in D, s' being the real final observation at an episode end
                                                            (the shared off-policy collector, data/collector.py)
-        for replay_ratio gradient steps per policy step (fractions accumulate):
+        every train_every rounds, for the replay_ratio gradient steps per policy step accumulated since:
             sample a batch from D
             y = r + gamma * (1 - terminated) * Q'(s', argmax_a Q'(s', a))     (double: argmax_a Q(s', a))
             minimize Huber(Q(s, a) - y), gradient norm clipped to max_grad_norm
@@ -51,9 +51,11 @@ def train(
     gamma: float,
     double: bool = False,
     max_grad_norm: float = 0.0,
+    next_q_target: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
     """One gradient step on ``batch``; returns the detached loss and mean Q.
 
+    ``next_q_target``: Q'(s') of the batch when the caller computed it already (see :func:`target_values`).
     Plain Python hyperparameters, not ``cfg.algo``: an OmegaConf lookup costs microseconds, paid on every step.
     """
     keys = target_q.encoder.keys
@@ -62,7 +64,9 @@ def train(
     with torch.no_grad():
         next_q_online = q.module(next_obs) if double else None
         discounts = gamma * (1.0 - batch["terminated"])
-        target = td_target(batch["rewards"], discounts, target_q(next_obs), next_q_online)
+        if next_q_target is None:
+            next_q_target = target_q(next_obs)
+        target = td_target(batch["rewards"], discounts, next_q_target, next_q_online)
     q_values = q(obs)
     loss, _ = q_loss(q_values, batch["actions"], target)
     optimizer.zero_grad(set_to_none=True)
@@ -71,6 +75,29 @@ def train(
         fabric.clip_gradients(q, optimizer, max_norm=max_grad_norm)
     optimizer.step()
     return {"Loss/q_loss": loss.detach(), "Info/q_mean": q_values.detach().mean()}
+
+
+# Rows of one batched target-network pass: enough to amortize per-op dispatch, small enough for its activations.
+TARGET_MAX_ROWS = 8192
+TARGET_MAX_INPUTS = 1 << 20  # input elements (an Atari stack is 28,224: one batch at a time there)
+
+
+@torch.no_grad()
+def target_values(target_q: QNetwork, data: dict[str, Tensor], start: int, count: int) -> Tensor:
+    """Q'(s') of batches ``start .. start + count`` of a burst's samples ``(steps, B, ...)``, in one pass.
+
+    The target network is fixed between its updates, so the batches of a burst that fall before the next update
+    need no pass each: one matrix product per layer over all their rows costs about what two batches did.
+    """
+    next_obs = {k: data[f"next_{k}"][start : start + count].flatten(0, 1) for k in target_q.encoder.keys}
+    values = target_q(next_obs)
+    return values.view(count, -1, values.shape[-1])
+
+
+def target_chunk(data: dict[str, Tensor], keys: list[str], batch: int) -> int:
+    """How many batches :func:`target_values` takes at once within the row and input-size caps (at least one)."""
+    inputs_per_row = sum(int(data[f"next_{k}"][0, 0].numel()) for k in keys)
+    return max(1, min(TARGET_MAX_ROWS // batch, TARGET_MAX_INPUTS // max(1, batch * inputs_per_row)))
 
 
 def make_optimizer(q: QNetwork, cfg: Any) -> torch.optim.Optimizer:
@@ -147,10 +174,12 @@ def main(fabric: Fabric, cfg: Any) -> None:
     rb = make_buffer(cfg, run, num_envs, device)
     train_from = a.learning_starts
     gradient_steps = 0
+    pending, rounds = 0, 0  # gradient steps accumulated for the next burst; training rounds so far
     if state:
         optimizer.load_state_dict(state["optimizer"])
         ratio.load_state_dict(state["ratio"])
         gradient_steps = int(state["gradient_steps"])
+        pending, rounds = int(state.get("pending_gradient_steps", 0)), int(state.get("train_rounds", 0))
         if "buffer" in state:
             rb.load_state_dict(state["buffer"])  # multi-rank runs save rank 0's buffer; every rank continues from it
         else:
@@ -164,6 +193,8 @@ def main(fabric: Fabric, cfg: Any) -> None:
             "optimizer": optimizer.state_dict(),
             "ratio": ratio.state_dict(),
             "gradient_steps": gradient_steps,
+            "pending_gradient_steps": pending,
+            "train_rounds": rounds,
         }
         if cfg.checkpoint.save_buffer:
             out["buffer"] = rb.state_dict()
@@ -179,6 +210,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     eps_start, eps_end, exploration_steps = float(a.eps_start), float(a.eps_end), int(a.exploration_steps)
     gamma, double, max_grad_norm = float(a.gamma), bool(a.double), float(a.max_grad_norm)
     total_steps, target_every, tau = int(a.total_steps), int(a.target_update_every), float(a.tau)
+    train_every = int(a.train_every)
     on_cpu = device.type == "cpu"
 
     def epsilon() -> float:
@@ -195,20 +227,31 @@ def main(fabric: Fabric, cfg: Any) -> None:
         # ---- act (uniform during the warm-up, then epsilon-greedy), step, store
         policy_step = collector.step(act)
 
-        # ---- learn: replay_ratio gradient steps per policy step, all batches drawn at once
+        # ---- learn: replay_ratio gradient steps per policy step, in bursts every train_every rounds
         if policy_step > train_from:
-            steps = ratio(num_envs * world)
-            if steps > 0:
+            pending += ratio(num_envs * world)
+            rounds += 1
+            if pending > 0 and rounds % train_every == 0:
+                steps, pending = pending, 0
                 with run.timer("train"):
-                    # A frame buffer rebuilds the next stacks from its frames; a ReplayBuffer stored next_<key> rows.
+                    # All batches drawn at once. A frame buffer rebuilds the next stacks from its frames; a
+                    # ReplayBuffer stored next_<key> rows.
                     sample = rb.sample(batch_per_rank, sample_next_obs=frames, n_samples=steps)
                     data = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
-                    for i in range(steps):
-                        batch = {k: v[i] for k, v in data.items()}
-                        losses = train(fabric, q, target_q, optimizer, batch, gamma, double, max_grad_norm)
-                        gradient_steps += 1
+                    chunk, i = target_chunk(data, keys, batch_per_rank), 0
+                    while i < steps:
+                        # Q' stays fixed until its next update: its values for the batches before then in one pass.
+                        n = min(steps - i, target_every - gradient_steps % target_every, chunk)
+                        next_q = target_values(target_q, data, i, n)
+                        for j in range(n):
+                            batch = {k: v[i + j] for k, v in data.items()}
+                            losses = train(
+                                fabric, q, target_q, optimizer, batch, gamma, double, max_grad_norm, next_q[j]
+                            )
+                            gradient_steps += 1
                         if gradient_steps % target_every == 0:
                             update_target(q, target_q, tau)
+                        i += n
                     # The last step's losses stand for the window: reading every step's would sync a GPU each time.
                     for name, value in losses.items():
                         run.metrics.update(name, value)
