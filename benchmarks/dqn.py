@@ -6,8 +6,8 @@
 1. DQN on CartPole-v1, one env, the same settings on both sides (Stable-Baselines3 zoo's CartPole settings):
    two 256-unit layers, Adam lr 2.3e-3, batch 64, buffer 100k, 1000 warm-up steps, 0.5 gradient steps per env
    step in bursts of 128 every 256 env steps (``--train_every 256``: SB3's train_freq 256 with 128 gradient
-   steps), epsilon 1 -> 0.04 over 16% of the run, Huber loss, gradient norm 10, one torch thread, plain (not double) DQN targets as SB3 computes them (the preset's ``--double`` is
-   turned off here). Each side runs as its own process, interleaved (ours, SB3, ours, SB3, ...), and reports the
+   steps), epsilon 1 -> 0.04 over 16% of the run, Huber loss, gradient norm 10, one torch thread, plain (not
+   double) DQN targets as SB3 computes them (the preset's ``--double`` is turned off here). Each side runs as its own process, interleaved (ours, SB3, ours, SB3, ...), and reports the
    training loop's wall time (ours: the run's own clock, SB3: ``model.learn``) and the whole process's (imports and
    set-up included). SB3 lives in a scratch venv, never in the project:
    ``python3 -m venv ../peers/sb3 && ../peers/sb3/bin/pip install torch==2.13.0 stable-baselines3``.
