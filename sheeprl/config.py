@@ -86,6 +86,11 @@ class FabricConfig:
         "CPU: flush denormal floats to zero (x86 FTZ/DAZ). Adam's second moments decay into the denormal range, "
         "where CPU arithmetic is ~100x slower; false keeps IEEE gradual underflow",
     )
+    heap_cache: bool = arg(
+        True,
+        "CPU (Linux, glibc): keep freed memory in the process heap for the next step's tensors instead of mapping "
+        "fresh pages (sheeprl/utils/memory.py); false keeps glibc's defaults; MALLOC_*_ environment variables win",
+    )
     timeout_s: int = arg(600, "seconds a collective may wait for a dead or hung rank before the run fails")
 
 
