@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
 
+from sheeprl.utils.memory import keep_freed_memory  # noqa: E402
+
 PEER = Path(__file__).with_name("_sheeprl084_dreamer_v3.py")
 
 
@@ -114,6 +116,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # What a run's set-up does (sheeprl/utils/run.py): denormals flushed, freed memory kept for the next step.
+    torch.set_flush_denormal(True)
+    keep_freed_memory()
     print(f"Dreamer V3 gradient steps/s, batch {args.batch} x sequence {args.seq}, {args.threads} thread(s), CPU")
     print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
     for size in args.sizes:

@@ -39,6 +39,8 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sheeprl.utils.memory import keep_freed_memory  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _timing import run_timed  # noqa: E402
 
@@ -260,6 +262,9 @@ def main() -> None:
         whole_process(args)
         return
     torch.set_num_threads(args.threads)
+    # What a run's set-up does (sheeprl/utils/run.py): denormals flushed, freed memory kept for the next step.
+    torch.set_flush_denormal(True)
+    keep_freed_memory()
     torch.distributions.Distribution.set_default_validate_args(False)
     print(f"batch {BATCH}, 2x256 nets, replay ratio 1, {args.threads} thread(s), device {args.device}")
     for env_id in args.envs:
