@@ -3,8 +3,8 @@
 A training step allocates and frees the same tensors every time (activations, gradients, optimizer temporaries of
 a few hundred KiB to a few MiB). glibc serves those above its mmap threshold (128 KiB at start, raised up to the
 largest size freed) with fresh anonymous mappings, and returns free heap memory above its trim threshold to the
-kernel, so the next step touches new pages: a SAC update on Pendulum (batch 256, 2x256) took ~45 page faults per
-gradient step, ~0.5-1.5 ms of a ~11 ms step on one thread. :func:`keep_freed_memory` raises both thresholds once,
+kernel, so the next step touches new pages: a SAC update on Pendulum (batch 256, 2x256) took ~45 page faults in
+isolation and ~160 inside a whole run, 0.5-1.5 ms of a ~11 ms one-thread step. :func:`keep_freed_memory` raises both thresholds once,
 so freed blocks stay in the heap and are reused; replay buffers and other blocks over 32 MiB still get mappings of
 their own, returned to the kernel when freed.
 """
