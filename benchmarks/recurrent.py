@@ -6,7 +6,8 @@
    minibatches of 256 transitions = 8 sequences of 32 steps): rollout SPS, train SPS, whole run.
 2. ``a2c`` whole-run wall time (process start included) vs Stable-Baselines3's A2C at the same settings
    (CartPole-v1, 8 envs, 5-step rollouts, RMSprop, 2x64 tanh actor and critic), and ``ppo_recurrent`` with
-   ``exp=ppo_recurrent_cartpole_novel`` settings vs sb3-contrib's RecurrentPPO (shared LSTM of 64 units).
+   ``exp=ppo_recurrent_cartpole_novel`` settings vs sb3-contrib's RecurrentPPO (an LSTM of 64 units each for
+   the actor and the critic, clip range annealed linearly).
    The peers run in their own virtual env (``--peer_python``, default ../peers/sb3/bin/python); skipped
    when it is missing.
 
@@ -53,8 +54,8 @@ class NoVelocity(gym.ObservationWrapper):
 
 env = VecNormalize(make_vec_env("CartPole-v1", n_envs=8, seed=1, wrapper_class=NoVelocity), gamma=0.98)
 RecurrentPPO("MlpLstmPolicy", env, n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8,
-             ent_coef=0.0, learning_rate=1e-3, seed=1, device="cpu",
-             policy_kwargs=dict(lstm_hidden_size=64, shared_lstm=True, enable_critic_lstm=False,
+             ent_coef=0.0, learning_rate=lambda p: 1e-3 * p, clip_range=lambda p: 0.2 * p, seed=1, device="cpu",
+             policy_kwargs=dict(lstm_hidden_size=64, shared_lstm=False, enable_critic_lstm=True,
                                 net_arch=dict(pi=[64], vf=[64]), activation_fn=torch.nn.ReLU)).learn(int(sys.argv[1]))
 """
 

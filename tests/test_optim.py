@@ -153,6 +153,17 @@ def test_bad_optimizer_settings_are_one_line_errors_before_anything_runs(argv, m
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("algo", ["dqn", "rainbow", "rainbow_decoupled", "dreamer_v3", "sac", "td3", "droq"])
+def test_a_schedule_an_algorithm_does_not_step_is_an_error_not_ignored(algo, tmp_path, capsys):
+    from sheeprl.registry import get_algorithm
+
+    path = optimizer_paths(get_algorithm(algo).schema)[-1]
+    code = main([algo, "--log_root", str(tmp_path / "runs"), f"{path}.schedule.name=linear"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "constant learning rate" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_free_keys_land_in_kwargs_and_both_spellings_work():
     _, cfg = build_config("ppo", ["algo.optimizer.name=RMSprop", "algo.optimizer.alpha=0.99", "--optimizer_lr", "1e-3"])
     assert cfg.algo.optimizer.kwargs == {"alpha": 0.99} and cfg.algo.optimizer.lr == 1e-3

@@ -64,6 +64,16 @@ def test_smoke_writes_config_logs_and_checkpoint(cli, tmp_path, env_args):
     assert "evaluation at step 384" in proc.stdout
 
 
+def test_clip_schedule_anneals_the_surrogate_clip(cli, tmp_path):
+    """``--clip_schedule linear``: update t of T clips at 0.2 * (1 - t / T), logged as Info/clip_coef."""
+    proc = cli("ppo", *FAST, "--env_id", "CartPole-v1", "--total_steps", "512", "--clip_schedule", "linear",
+               "--eval_episodes", "0", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "logs")
+    # 4 updates of 128 steps, logged every 128 steps: 0.2, 0.15, 0.1, 0.05.
+    assert [round(v, 6) for _, v in scalars(run)["Info/clip_coef"]] == [0.2, 0.15, 0.1, 0.05]
+
+
 def test_resumed_run_continues_like_an_uninterrupted_one(cli, tmp_path):
     """Stop at 256 and resume to 512 vs one run to 512 (same seed): what does not depend on the envs' states
     (learning-rate schedule, optimizer and scheduler counters, normalization statistics) matches exactly, and

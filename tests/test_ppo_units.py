@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from sheeprl.algos.ppo.agent import build_agent
 from sheeprl.algos.ppo.args import PPOConfig
-from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, policy_loss, value_loss
+from sheeprl.algos.ppo.loss import approx_kl, clip_at, entropy_loss, policy_loss, value_loss
 
 # ----------------------------------------------------------------------------------------------- losses
 
@@ -22,6 +22,13 @@ def test_policy_loss_by_hand():
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
     # min(r A, clip(r) A): 1.2, 0.5, -1.5, -0.8 -> mean -0.15 -> loss 0.15
     assert policy_loss(new, old, adv, 0.2).item() == pytest.approx(-(1.2 + 0.5 - 1.5 - 0.8) / 4)
+
+
+def test_clip_schedule_by_hand():
+    # 4 updates: linear 0.2 * (1 - t / 4) for t = 0..3, as SB3's lin_0.2; constant stays; cosine ends near 0.
+    assert [clip_at(0.2, "linear", i, 4) for i in (1, 2, 3, 4)] == pytest.approx([0.2, 0.15, 0.1, 0.05])
+    assert [clip_at(0.2, "constant", i, 4) for i in (1, 4)] == [0.2, 0.2]
+    assert clip_at(0.2, "cosine", 3, 4) == pytest.approx(0.2 * 0.5 * (1 + np.cos(np.pi * 0.5)))
 
 
 def test_value_loss_clipping_by_hand():

@@ -52,6 +52,9 @@ class DQNConfig(RunConfig):
 
 def validate_value_based(cfg: Any, trainers: int) -> None:
     """Checks shared by DQN and Rainbow (``trainers``: the ranks that split each batch)."""
+    from sheeprl.utils.optim import require_constant_schedule
+
+    require_constant_schedule(cfg, "algo.optimizer")  # no scheduler is stepped: a schedule would be ignored
     a = cfg.algo
     for key in ("batch_size", "target_update_every", "train_every"):
         if key in a and a[key] < 1:

@@ -62,6 +62,9 @@ class DreamerV3Config(RunConfig):
 
 def validate(cfg: Any) -> None:
     """Dreamer-V3-specific checks, run by the CLI before anything is written."""
+    from sheeprl.utils.optim import require_constant_schedule
+
+    require_constant_schedule(cfg, "algo.world_model_optimizer", "algo.actor_optimizer", "algo.critic_optimizer")
     a = cfg.algo
     if a.size not in SIZE_NAMES:
         raise ConfigError(f"algo.size must be one of {', '.join(SIZE_NAMES)}, got {a.size!r}")

@@ -37,6 +37,9 @@ class PPOArgs(AlgoConfig):
     gamma: float = arg(0.99, "discount factor")
     gae_lambda: float = arg(0.95, "GAE lambda")
     clip_coef: float = arg(0.2, "surrogate clipping coefficient")
+    clip_schedule: str = arg(
+        "constant", "schedule of the surrogate clip over the run: constant, linear (to 0, SB3's lin_0.2) or cosine"
+    )
     clip_vloss: bool = arg(False, "clip the value loss around the old value estimate")
     ent_coef: float = arg(0.0, "entropy bonus coefficient")
     vf_coef: float = arg(1.0, "value loss coefficient")
@@ -64,6 +67,14 @@ class PPOConfig(RunConfig):
     algo: PPOArgs = arg(help="PPO settings", factory=PPOArgs)
 
 
+CLIP_SCHEDULES = ("constant", "linear", "cosine")  # sheeprl/utils/optim.py SCHEDULES, without importing torch here
+
+
+def check_clip_schedule(a: Any) -> None:
+    if a.clip_schedule not in CLIP_SCHEDULES:
+        raise ConfigError(f"algo.clip_schedule must be one of {', '.join(CLIP_SCHEDULES)}, got '{a.clip_schedule}'")
+
+
 def validate(cfg: Any) -> None:
     """PPO-specific checks, run by the CLI before anything is written."""
     a = cfg.algo
@@ -78,6 +89,7 @@ def validate(cfg: Any) -> None:
             f"algo.minibatch_size={a.minibatch_size} does not divide the rollout of "
             f"rollout_steps * num_envs = {a.rollout_steps} * {cfg.env.num_envs} = {batch} transitions per rank"
         )
+    check_clip_schedule(a)
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
     if a.cnn_encoder not in ("auto", "nature", "minatar"):
@@ -133,6 +145,7 @@ def validate_decoupled(cfg: Any) -> None:
             f"algo.minibatch_size={a.minibatch_size} must divide the rollout of rollout_steps * num_envs = {batch} "
             f"transitions and split into {trainers} equal trainer shares"
         )
+    check_clip_schedule(a)
     if a.action_squash not in ("clip", "tanh"):
         raise ConfigError(f"algo.action_squash must be 'clip' or 'tanh', got '{a.action_squash}'")
     if a.cnn_encoder not in ("auto", "nature", "minatar"):

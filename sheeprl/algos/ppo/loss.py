@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from sheeprl.utils.optim import schedule_factor
+
 
 def masked_mean(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """``x.mean()``, or the mean over the entries where ``mask`` is nonzero."""
@@ -19,6 +21,13 @@ def masked_mean(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return x.mean()
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def clip_at(clip_coef: float, schedule: str, iteration: int, num_iterations: int) -> float:
+    """The surrogate clip of update ``iteration`` (1-based) of ``num_iterations``, scheduled as the learning rate
+    is (``linear``: ``clip_coef * (1 - (iteration - 1) / num_iterations)``, SB3's ``lin_0.2``). Late in a run a
+    small clip bounds how far one update can move a policy that already solves the task."""
+    return float(clip_coef) * schedule_factor(schedule, 0.0, 0.0, num_iterations)(iteration - 1)
 
 
 def policy_loss(

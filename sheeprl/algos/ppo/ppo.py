@@ -3,7 +3,7 @@
 Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
     for iteration = 1, 2, ...:
-        step the learning-rate schedule (linear annealing by default)
+        step the learning-rate schedule (linear annealing by default) and the clip's (constant by default)
         run the policy for rollout_steps in num_envs envs, storing (o, a, log pi(a|o), V(o), r, done)
         bootstrap truncated episodes from V(real final observation)
         compute advantages with GAE(gamma, lambda) and returns = advantages + values
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sheeprl.algos.ppo.agent import PPOAgent, build_agent
-from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, policy_loss, value_loss
+from sheeprl.algos.ppo.loss import approx_kl, clip_at, entropy_loss, policy_loss, value_loss
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.optim import build_optimizer, build_scheduler, load_scheduler_state
@@ -44,17 +44,20 @@ def train(
     run: Run,
     group: Any = None,
     minibatch_size: int | None = None,
+    clip_coef: float | None = None,
 ) -> None:
     """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions).
 
     ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers);
-    ``minibatch_size`` the rows this rank takes per gradient step (default ``algo.minibatch_size``).
+    ``minibatch_size`` the rows this rank takes per gradient step (default ``algo.minibatch_size``); ``clip_coef``
+    the surrogate clip of this update (default ``algo.clip_coef``; the value clip always uses ``algo.clip_coef``).
     """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
     # Plain values and tensors for the inner loop: a config lookup or TensorDict index costs more than the
     # arithmetic of a small minibatch.
-    clip_coef, clip_vloss, normalize = float(a.clip_coef), bool(a.clip_vloss), bool(a.normalize_advantages)
+    vclip, clip_vloss, normalize = float(a.clip_coef), bool(a.clip_vloss), bool(a.normalize_advantages)
+    clip_coef = vclip if clip_coef is None else float(clip_coef)
     vf_coef, ent_coef, max_grad_norm = float(a.vf_coef), float(a.ent_coef), float(a.max_grad_norm)
     columns = {k: data[k] for k in (*obs_keys, "actions", "advantages", "logprobs", "values", "returns")}
     n = data.batch_size[0]
@@ -69,7 +72,7 @@ def train(
             if normalize and adv.numel() > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
             pg = policy_loss(new_logp, old_logp, adv, clip_coef)
-            v = value_loss(new_values, batch["values"], batch["returns"], clip_coef, clip_vloss)
+            v = value_loss(new_values, batch["values"], batch["returns"], vclip, clip_vloss)
             ent = entropy_loss(entropy)
             loss = pg + vf_coef * v + ent_coef * ent if ent_coef else pg + vf_coef * v
 
@@ -128,7 +131,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     obs = run.reset_envs(envs, env_seed)
     next_obs = obs_to_torch(obs, fabric.device)
     gamma = a.gamma
-    for _iteration in range(start_iter, num_iters + 1):
+    for iteration in range(start_iter, num_iters + 1):
         # ---- collect a rollout with the current policy
         rb.reset()
         with run.timer("env"):
@@ -169,7 +172,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
                 data["rewards"], values, next_values, data["terminated"], data["dones"], gamma, a.gae_lambda
             )
             data["advantages"], data["returns"] = advantages, returns
-            train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run)
+            clip = clip_at(a.clip_coef, a.clip_schedule, iteration, num_iters)
+            train(fabric, agent_ddp, optimizer, data.reshape(-1).to(fabric.device), cfg, run, clip_coef=clip)
+            run.metrics.update("Info/clip_coef", clip)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sheeprl.algos.ppo.agent import PPOAgent, build_agent
+from sheeprl.algos.ppo.loss import clip_at
 from sheeprl.algos.ppo.ppo import train
 from sheeprl.data import ReplayBuffer
 from sheeprl.envs import make_vector_env
@@ -146,13 +147,15 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     steps_per_iter = a.rollout_steps * cfg.env.num_envs
     policy_step = run.start_step
     run.restore_rank_state()
-    for _ in range(policy_step // steps_per_iter + 1, num_iterations(cfg) + 1):
+    for iteration in range(policy_step // steps_per_iter + 1, num_iterations(cfg) + 1):
         policy_step += steps_per_iter  # counted like the player's, so that every collective lines up
         data = comm.recv_batch()
         with run.timer("train"):
             # algo.minibatch_size rows per gradient step in all, as in coupled PPO: DDP averages the trainers' shares.
             per_trainer = a.minibatch_size // comm.num_trainers
-            train(fabric, model, optimizer, data, cfg, run, group=comm.trainer_group, minibatch_size=per_trainer)
+            clip = clip_at(a.clip_coef, a.clip_schedule, iteration, num_iterations(cfg))
+            train(fabric, model, optimizer, data, cfg, run, comm.trainer_group, per_trainer, clip_coef=clip)
+            run.metrics.update("Info/clip_coef", clip)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
         comm.sync_weights(agent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sheeprl.algos.ppo.args import PPOArgs
+from sheeprl.algos.ppo.args import PPOArgs, check_clip_schedule
 from sheeprl.config import ConfigError, OptimizerConfig, RunConfig, ScheduleConfig, arg
 from sheeprl.registry import register_algorithm
 
@@ -61,6 +61,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"algo.{key} must be >= 1, got {a[key]}")
     if a.mlp_layers < 0:
         raise ConfigError(f"algo.mlp_layers must be >= 0, got {a.mlp_layers}")
+    check_clip_schedule(a)
     if a.rnn_type not in ("lstm", "gru", "ln_gru"):
         raise ConfigError(f"algo.rnn_type must be lstm, gru or ln_gru, got '{a.rnn_type}'")
     n = num_sequences(cfg)

@@ -4,7 +4,7 @@ Algorithm (PPO of Schulman et al., 2017, with a recurrent core as in CleanRL's p
 sb3-contrib's RecurrentPPO):
 
     for iteration = 1, 2, ...:
-        anneal the learning rate
+        anneal the learning rate (and the surrogate clip, with algo.clip_schedule)
         run the policy for rollout_steps in num_envs envs, carrying each env's recurrent state h and
             zeroing it where an episode starts; store (o, is_first, h_before, a, log pi, V, r, done)
         bootstrap truncated episodes from V(real final observation, h)
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sheeprl.algos.ppo.loss import approx_kl, entropy_loss, masked_mean, policy_loss, value_loss
+from sheeprl.algos.ppo.loss import approx_kl, clip_at, entropy_loss, masked_mean, policy_loss, value_loss
 from sheeprl.algos.ppo_recurrent.agent import RecurrentPolicy, RecurrentPPOAgent, build_agent
 from sheeprl.algos.ppo_recurrent.utils import split_into_sequences
 from sheeprl.data import ReplayBuffer
@@ -35,9 +35,13 @@ if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
 
-def train(fabric: Fabric, agent: Any, optimizer: Any, seqs: Any, cfg: Any, run: Run) -> None:
-    """Update epochs over one rollout cut into sequences (``seqs``: a ``(L, S)`` TensorDict with a ``mask``)."""
+def train(
+    fabric: Fabric, agent: Any, optimizer: Any, seqs: Any, cfg: Any, run: Run, clip_coef: float | None = None
+) -> None:
+    """Update epochs over one rollout cut into sequences (``seqs``: a ``(L, S)`` TensorDict with a ``mask``);
+    ``clip_coef``: this update's surrogate clip (default ``algo.clip_coef``, which the value clip always uses)."""
     a = cfg.algo
+    clip = float(a.clip_coef) if clip_coef is None else float(clip_coef)
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
     for _ in range(a.update_epochs):
         kls = []
@@ -51,7 +55,7 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, seqs: Any, cfg: Any, run: 
             if a.normalize_advantages and mask.sum() > 1:
                 mean = masked_mean(adv, mask)
                 adv = (adv - mean) / (masked_mean((adv - mean).pow(2), mask).sqrt() + 1e-8)
-            pg = policy_loss(new_logp, batch["logprobs"], adv, a.clip_coef, mask)
+            pg = policy_loss(new_logp, batch["logprobs"], adv, clip, mask)
             v = value_loss(new_values, batch["values"], batch["returns"], a.clip_coef, a.clip_vloss, mask)
             ent = entropy_loss(entropy, mask)
             loss = pg + a.vf_coef * v + a.ent_coef * ent
@@ -67,7 +71,7 @@ def train(fabric: Fabric, agent: Any, optimizer: Any, seqs: Any, cfg: Any, run: 
                 run.metrics.update("Loss/policy_loss", pg.detach())
                 run.metrics.update("Loss/value_loss", v.detach())
                 run.metrics.update("Loss/entropy_loss", ent.detach())
-                clipped = ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(a.clip_coef)
+                clipped = ((new_logp - batch["logprobs"]).exp() - 1.0).abs().gt(clip)
                 run.metrics.update("Info/clip_frac", masked_mean(clipped.float(), mask))
         kl = torch.stack(kls).mean()
         run.metrics.update("Info/approx_kl", kl)
@@ -118,7 +122,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
     # The envs were just reset, so every env starts an episode: a restored state is zeroed at its first step.
     carry["is_first"] = torch.ones(num_envs, dtype=bool)
     next_obs = obs_to_torch(obs, fabric.device)
-    for _iteration in range(start_iter, num_iters + 1):
+    for iteration in range(start_iter, num_iters + 1):
         # ---- collect a rollout with the current policy, carrying the recurrent state
         rb.reset()
         with run.timer("env"):
@@ -164,7 +168,9 @@ def main(fabric: Fabric, cfg: Any) -> None:
             )
             data["advantages"], data["returns"] = advantages, returns
             seqs = split_into_sequences(data, a.sequence_length)
-            train(fabric, agent_ddp, optimizer, seqs.to(fabric.device), cfg, run)
+            clip = clip_at(a.clip_coef, a.clip_schedule, iteration, num_iters)
+            train(fabric, agent_ddp, optimizer, seqs.to(fabric.device), cfg, run, clip_coef=clip)
+            run.metrics.update("Info/clip_coef", clip)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
 
