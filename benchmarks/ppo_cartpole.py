@@ -65,7 +65,18 @@ def raw_sps(num_envs: int, steps: int, with_policy: bool) -> float:
 
 
 # The benchmark's settings, pinned so that a change of defaults does not change what is measured.
-PINNED = ["--rollout_steps", "128", "--update_epochs", "4", "--minibatch_size", "128", "--lr", "2.5e-4"]
+PINNED = [
+    "--rollout_steps",
+    "128",
+    "--update_epochs",
+    "4",
+    "--minibatch_size",
+    "128",
+    "--lr",
+    "2.5e-4",
+    "--clip_schedule",
+    "constant",
+]
 PINNED += ["--checkpoint_every", "0", "--checkpoint.save_last", "false"]
 
 SB3_SCRIPT = """

@@ -20,12 +20,14 @@ pytestmark = pytest.mark.learning
 
 @pytest.mark.parametrize(
     "entry, budget",
-    [("ppo_cartpole", 50_000), pytest.param("ppo_decoupled_cartpole", 60_000, marks=pytest.mark.distributed)],
+    [("ppo_cartpole", 100_000), pytest.param("ppo_decoupled_cartpole", 100_000, marks=pytest.mark.distributed)],
 )
 def test_ppo_defaults_solve_cartpole_on_every_seed(entry, budget, tmp_path):
     """``ppo --env_id CartPole-v1`` with its defaults (no preset): the training return, averaged over 5 logged
     windows as the benchmark reads it, reaches 475 within the budget and never falls below the floor (400)
-    afterwards, and the greedy return is 500, on seeds 1 and 2 (the benchmark runs 1-5 to 100k steps)."""
+    afterwards, and the greedy return is 500, on seeds 1 and 2, at the benchmark's budget (100k steps; the benchmark
+    runs seeds 1-10). The budget is the run's length, so it sets how fast the lr and the clip anneal: a shorter
+    test budget would test other settings than the ones the README measures."""
     results = run_many([entry], [1, 2], tmp_path, jobs=2, budget=budget)
     e = REGISTRY[entry]
     for r in results:

@@ -25,6 +25,9 @@ class PPORecurrentArgs(PPOArgs):
     # CleanRL / sb3-contrib style values (feed-forward PPO's own defaults are tuned for fully observed CartPole).
     update_epochs: int = arg(4, "passes over each rollout")
     clip_vloss: bool = arg(True, "clip the value loss around the old value estimate")
+    clip_schedule: str = arg(
+        "constant", "schedule of the surrogate clip over the run: constant, linear (to 0) or cosine"
+    )
     ent_coef: float = arg(0.01, "entropy bonus coefficient")
     vf_coef: float = arg(0.5, "value loss coefficient")
     max_grad_norm: float = arg(0.5, "gradient norm clipping (0 = off)")
