@@ -91,6 +91,42 @@ def test_training_unroll_resets_the_state_exactly_at_episode_starts(rnn_type, cr
     assert not torch.allclose(unroll(no_reset)[0][2, 0], logp[2, 0])
 
 
+@pytest.mark.parametrize("critic_rnn", [False, True])
+def test_fused_lstm_unroll_matches_lstm_cells_step_by_step_with_gradients(critic_rnn):
+    """The training unroll's fused LSTM (one input matmul, both cores in one block-diagonal cell) gives the outputs
+    and the parameter gradients of ``nn.LSTMCell`` stepped one by one, resets included."""
+    agent = make_agent("lstm", critic_rnn=critic_rnn)
+    L, B = 6, 3
+    feat = torch.randn(L, B, agent.encoder.output_dim)
+    state = torch.randn(B, agent.state_size)
+    is_first = torch.zeros(L, B, dtype=torch.bool)
+    is_first[2, 0] = is_first[4, 2] = True
+
+    def by_cells():
+        s, outs = state, []
+        for t in range(L):
+            h_a, h_c, s = agent.core(feat[t], s, is_first[t])
+            outs.append(torch.cat((h_a, h_c), -1))
+        return torch.stack(outs)
+
+    def grads(out):
+        agent.zero_grad()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return [p.grad.clone() for p in agent.parameters() if p.grad is not None]
+
+    reference = by_cells()
+    fused = torch.cat(agent.core_sequence(feat, state, is_first), -1)
+    torch.testing.assert_close(fused, reference, atol=1e-6, rtol=1e-5)
+    for g_fused, g_ref in zip(
+        grads(agent.core_sequence(feat, state, is_first)[0]), grads(by_cells()[..., :8]), strict=True
+    ):
+        torch.testing.assert_close(g_fused, g_ref, atol=1e-6, rtol=1e-5)
+    if critic_rnn:  # the critic's core gets gradients only from the critic's outputs, and vice versa
+        agent.zero_grad()
+        agent.core_sequence(feat, state, is_first)[0].sum().backward()
+        assert all(p.grad is None or not p.grad.any() for p in agent.critic_cell.parameters())
+
+
 def test_padded_steps_carry_zero_weight():
     agent = make_agent()
     T, N, L = 6, 2, 4  # 2 sequences per env, the second padded by 2 steps
