@@ -343,14 +343,17 @@ print("faults", faults() - start)
 @pytest.mark.parametrize("heap_cache", [True, False])
 def test_the_heap_keeps_freed_tensors_for_the_next_step_unless_told_not_to(tmp_path, heap_cache):
     """fabric.heap_cache (default true, Linux/glibc): after a run's set-up, freeing and re-allocating the same
-    tensors touches no fresh pages; with false, glibc returns them to the kernel and every round faults them in."""
+    tensors touches no fresh pages; with false, glibc's thresholds are left as they are. What glibc then does is
+    not checked: its dynamic mmap threshold depends on the process's allocation history (~51,000 faults for this
+    churn in most runs, 257 in one full-suite run)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's mallopt is Linux only")
     code = (
         "from sheeprl.cli import run_cli\n"
         f"code = run_cli(['ppo', *{TINY!r}, '--total_steps', '128', '--eval_episodes', '0',\n"
         f"               '--heap_cache', '{str(heap_cache).lower()}'])\n"
-        "print('code', code)\n" + HEAP_CHURN
+        "import sheeprl.utils.memory as memory\n"
+        "print('code', code, 'applied', memory.applied)\n" + HEAP_CHURN
     )
     env = {k: v for k, v in ENV.items() if not k.startswith("MALLOC_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
@@ -358,9 +361,9 @@ def test_the_heap_keeps_freed_tensors_for_the_next_step_unless_told_not_to(tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout.split()
     assert out[out.index("code") + 1] == "0"
-    faults = int(out[out.index("faults") + 1])
-    # 5 rounds of 40 MiB: ~51,000 page faults when trimmed each time, next to none when kept.
-    assert (faults < 2_000) if heap_cache else (faults > 20_000), faults
+    assert out[out.index("applied") + 1] == str(heap_cache)
+    if heap_cache:  # 5 rounds of 40 MiB: next to no page faults when kept (~51,000 when glibc trims each round)
+        assert int(out[out.index("faults") + 1]) < 2_000, out
 
 
 def test_the_heap_settings_leave_a_users_malloc_environment_alone(monkeypatch):
