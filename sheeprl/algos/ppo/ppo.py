@@ -3,7 +3,7 @@
 Algorithm (Schulman et al., 2017, with the CleanRL "37 implementation details"):
 
     for iteration = 1, 2, ...:
-        step the learning-rate schedule (linear annealing by default) and the clip's (constant by default)
+        step the learning-rate and surrogate-clip schedules (both linear annealing by default)
         run the policy for rollout_steps in num_envs envs, storing (o, a, log pi(a|o), V(o), r, done)
         bootstrap truncated episodes from V(real final observation)
         compute advantages with GAE(gamma, lambda) and returns = advantages + values
