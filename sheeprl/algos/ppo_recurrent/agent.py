@@ -97,12 +97,10 @@ class RecurrentPPOAgent(PPOAgent):
         """The actor's and the critic's LSTMs as one LSTM of twice the width: input weights and biases stacked gate
         by gate (i, f, g, o; actor rows then critic rows), recurrent weights block-diagonal, so that the two cores
         stay independent (the zero blocks get no gradient: they are constants, not parameters)."""
-        cells = [self.cell] if self.critic_cell is None else [self.cell, self.critic_cell]
-        if len(cells) == 1:
-            c = cells[0]
-            return c.weight_ih, c.weight_hh, c.bias_ih + c.bias_hh
+        actor, critic = self.cell, self.critic_cell
+        if critic is None:
+            return actor.weight_ih, actor.weight_hh, actor.bias_ih + actor.bias_hh
         H = self.hidden_size
-        actor, critic = cells
         zeros = actor.weight_hh.new_zeros(H, H)
         w_ih, w_hh, bias = [], [], []
         for k in range(4):
