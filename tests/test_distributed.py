@@ -244,6 +244,36 @@ def test_decoupled_ppo_smoke(cli, tmp_path, devices):
     assert "evaluation at step 512" in proc.stdout
 
 
+def test_decoupled_ppo_repeats_coupled_ppo(cli, tmp_path):
+    """Same seed, same settings: one trainer repeats coupled PPO's run exactly, two change only float rounding.
+
+    The trainers start from the player's seed, the player draws the minibatch orders where coupled PPO draws them,
+    and each trainer computes its slice of coupled PPO's minibatches, so nothing but the mean's summation order
+    (DDP averages two 16-row halves of each 32-row minibatch) tells the runs apart.
+    """
+    args = [*FAST, "--eval_episodes", "0", "--total_steps", "640", "--seed", "3"]
+    weights, losses = {}, {}
+    for name, algo, devices in (
+        ("coupled", "ppo", 1),
+        ("one trainer", "ppo_decoupled", 2),
+        ("two", "ppo_decoupled", 3),
+    ):
+        root = tmp_path / str(devices)
+        root.mkdir()
+        proc = cli(algo, *args, "--devices", str(devices), cwd=root, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = one_run(root)
+        weights[name] = torch.load(run / "checkpoint" / "ckpt_640_0.ckpt", weights_only=False)["agent"]
+        losses[name] = scalars(run)["Loss/value_loss"]
+    assert len(losses["coupled"]) == 5  # one logged update per 128-step rollout
+    assert len({v for _, v in losses["coupled"]}) == 5  # and the weights moved between them
+    assert losses["one trainer"] == losses["coupled"]
+    assert weights["one trainer"].keys() == weights["coupled"].keys()
+    for key, value in weights["coupled"].items():
+        assert torch.equal(weights["one trainer"][key], value), key
+        torch.testing.assert_close(weights["two"][key], value, rtol=1e-5, atol=1e-6)
+
+
 def test_decoupled_ppo_resumes(cli, tmp_path):
     args = [
         "ppo_decoupled",

@@ -7,10 +7,11 @@ A decoupled algorithm's entry calls :func:`setup_decoupled` on every rank and br
     if comm.is_player:
         ...                                     # collect a batch, flatten it to a (N, ...) TensorDict
         comm.send_batch(batch)                  # chunk i of N // num_trainers rows goes to trainer i + 1
+                                                # (or comm.broadcast_batch(obj): the same object to every trainer)
         comm.sync_weights(actor)                # blocks until the first trainer sends the updated weights
     else:
         model = comm.wrap_ddp(agent)            # DDP over the trainers' own process group
-        chunk = comm.recv_batch()               # this trainer's chunk, on fabric.device
+        chunk = comm.recv_batch()               # this trainer's chunk, on fabric.device (comm.broadcast_batch())
         ...                                     # update `model`; all_reduce with group=comm.trainer_group
         comm.sync_weights(agent)                # the first trainer sends, the other trainers skip
     run.log(policy_step)                        # every rank: the trainers' metrics reach the player here
@@ -99,6 +100,15 @@ class DecoupledComm:
         dist.scatter_object_list(out, None, src=PLAYER, group=self.data_group)
         return out[0].to(self.fabric.device)
 
+    def broadcast_batch(self, obj: Any = None) -> Any:
+        """Player -> every trainer: the same picklable ``obj`` (e.g. a whole rollout that each trainer indexes its
+        own share of); trainers call it without ``obj`` and get it back with tensors on ``fabric.device``."""
+        box = [obj if self.is_player else None]
+        dist.broadcast_object_list(box, src=PLAYER, group=self.data_group)
+        if self.is_player:
+            return obj
+        return _to_device(box[0], self.fabric.device)
+
     def gather_from_trainers(self, obj: Any = None) -> Optional[list[Any]]:
         """Every trainer -> player: the trainers' picklable objects in trainer order (e.g. new priorities of the
         chunks ``send_batch`` handed out); None on the trainers. Collective over every rank."""
@@ -154,6 +164,16 @@ class DecoupledComm:
         module = module.to(device)
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids, process_group=self.trainer_group)
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    if hasattr(obj, "to"):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def setup_decoupled(fabric: Fabric, timeout_s: float = 600.0) -> DecoupledComm:

@@ -43,14 +43,18 @@ def train(
     cfg: Any,
     run: Run,
     group: Any = None,
-    minibatch_size: int | None = None,
     clip_coef: float | None = None,
+    perms: Any = None,
+    share: tuple[int, int] = (0, 1),
 ) -> None:
     """Update epochs over one rollout (``data`` is a flat TensorDict of this rank's transitions).
 
     ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers);
-    ``minibatch_size`` the rows this rank takes per gradient step (default ``algo.minibatch_size``); ``clip_coef``
-    the surrogate clip of this update (default ``algo.clip_coef``; the value clip always uses ``algo.clip_coef``).
+    ``clip_coef`` the surrogate clip of this update (default ``algo.clip_coef``; the value clip always uses
+    ``algo.clip_coef``). Epoch e visits the rows in the order ``perms[e]`` (default: drawn here, one
+    ``torch.randperm`` per epoch), ``algo.minibatch_size`` of them per gradient step; ``share = (i, k)`` makes this
+    rank compute the i-th of k equal slices of every minibatch (decoupled PPO's trainers: DDP averages the k
+    slices' gradients into the gradient of the whole minibatch).
     """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
@@ -61,10 +65,15 @@ def train(
     vf_coef, ent_coef, max_grad_norm = float(a.vf_coef), float(a.ent_coef), float(a.max_grad_norm)
     columns = {k: data[k] for k in (*obs_keys, "actions", "advantages", "logprobs", "values", "returns")}
     n = data.batch_size[0]
+    if perms is None:  # all drawn first, so that an early stop (target_kl) leaves the same random stream behind
+        perms = [torch.randperm(n) for _ in range(a.update_epochs)]
+    size = a.minibatch_size // share[1]
+    lo, hi = share[0] * size, (share[0] + 1) * size
     epochs = []  # per epoch, one row per minibatch: the logged statistics, read from the device once at the end
-    for _ in range(a.update_epochs):
+    for perm in perms:
         rows = []
-        for idx in torch.randperm(n).split(minibatch_size or a.minibatch_size):
+        for minibatch in perm.split(a.minibatch_size):
+            idx = minibatch[lo:hi]
             batch = {k: v[idx] for k, v in columns.items()}
             old_logp = batch["logprobs"]
             new_logp, entropy, new_values = agent({k: batch[k] for k in obs_keys}, batch["actions"])

@@ -4,16 +4,20 @@
     for iteration = 1, 2, ...:
         run the policy for rollout_steps in num_envs envs
         GAE advantages and returns
-        split the rollout into N-1 chunks  --------->     receive a chunk
-                                                          PPO update epochs (PPO's train(), DDP over trainers)
+        draw the minibatch orders
+        send rollout and orders to all  --------->        receive them
+                                                          PPO update epochs (PPO's train(), DDP over trainers):
+                                                          trainer i computes slice i of every minibatch
         load the new weights  <-----------------------    trainer 1 sends the new weights
         log the trainers' metrics (collective), checkpoint, evaluate
 
 The update is exactly coupled PPO's ``train()`` (``ppo.py``), the losses are ``loss.py``'s and the agent
 ``agent.py``'s; the process groups and transfers are ``sheeprl/utils/decoupled.py``. ``policy_step`` counts
 the player's env steps: with N-1 trainers a run collects as many transitions as one coupled process, and takes
-as many gradient steps of ``algo.minibatch_size`` rows (each trainer computes its 1/(N-1) share of every minibatch,
-DDP averages them), so that equal settings give the coupled algorithm's update.
+the same gradient steps of ``algo.minibatch_size`` rows (each trainer computes its 1/(N-1) slice of every minibatch,
+DDP averages them). The trainers start from the weights the player's seed gives, and the player draws the
+minibatch orders where coupled PPO's process draws them, so a run with one trainer repeats coupled PPO's run of the
+same seed exactly, and more trainers change only the float rounding of each minibatch's mean.
 """
 
 from __future__ import annotations
@@ -99,8 +103,12 @@ def player(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                 data["rewards"], data["values"], next_values, data["terminated"], data["dones"], a.gamma, a.gae_lambda
             )
 
-        # ---- hand the rollout to the trainers, wait for the updated policy
-        comm.send_batch(data.reshape(-1)[torch.randperm(steps_per_iter)])  # shuffled: every chunk mixes all envs
+            # The minibatch orders of the update, drawn here as coupled PPO's train() draws them (one randperm per
+            # epoch, after the rollout) so that this process's random stream is the coupled process's.
+            perms = torch.stack([torch.randperm(steps_per_iter) for _ in range(a.update_epochs)])
+
+        # ---- hand the rollout to every trainer, wait for the updated policy
+        comm.broadcast_batch((data.reshape(-1), perms))
         comm.sync_weights(agent)
 
         # ---- the collectives every rank runs in the same order: log, checkpoint, Ctrl-C
@@ -130,7 +138,10 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     env.close()
     if not isinstance(obs_space, gym.spaces.Dict):
         obs_space = gym.spaces.Dict({"state": obs_space})
-    agent = build_agent(obs_space, action_space, cfg)
+    # Initialized from the player's seed: the weights coupled PPO starts from (and the player's own first draw).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        agent = build_agent(obs_space, action_space, cfg)
     agent.entropy_grad = a.ent_coef != 0
     optimizer = build_optimizer(agent.parameters(), a.optimizer, "algo.optimizer")
     scheduler = build_scheduler(optimizer, a.optimizer.schedule, num_iterations(cfg))
@@ -149,12 +160,12 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     run.restore_rank_state()
     for iteration in range(policy_step // steps_per_iter + 1, num_iterations(cfg) + 1):
         policy_step += steps_per_iter  # counted like the player's, so that every collective lines up
-        data = comm.recv_batch()
+        data, perms = comm.broadcast_batch()
         with run.timer("train"):
-            # algo.minibatch_size rows per gradient step in all, as in coupled PPO: DDP averages the trainers' shares.
-            per_trainer = a.minibatch_size // comm.num_trainers
+            # Coupled PPO's minibatches, in its order: trainer i computes the i-th slice of each, DDP averages them.
             clip = clip_at(a.clip_coef, a.clip_schedule, iteration, num_iterations(cfg))
-            train(fabric, model, optimizer, data, cfg, run, comm.trainer_group, per_trainer, clip_coef=clip)
+            share = (comm.trainer_index, comm.num_trainers)
+            train(fabric, model, optimizer, data, cfg, run, comm.trainer_group, clip, perms.cpu(), share)
             run.metrics.update("Info/clip_coef", clip)
             run.metrics.update("Info/learning_rate", optimizer.param_groups[0]["lr"])
             scheduler.step()
