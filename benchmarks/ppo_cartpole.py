@@ -76,6 +76,17 @@ PINNED = [
     "2.5e-4",
     "--clip_schedule",
     "constant",
+    # SB3's PPO defaults where ours differ (normalized advantages, gradient norm 0.5 and vf_coef 0.5 are both's)
+    "--gamma",
+    "0.99",
+    "--gae_lambda",
+    "0.95",
+    "--normalize_advantages",
+    "true",
+    "--max_grad_norm",
+    "0.5",
+    "--vf_coef",
+    "0.5",
 ]
 PINNED += ["--checkpoint_every", "0", "--checkpoint.save_last", "false"]
 

@@ -56,7 +56,7 @@ def test_list_and_path_values():
 def test_compose_merges_flags_overrides_and_presets():
     _, cfg = build_config("ppo", ["--num_envs", "8", "algo.optimizer.lr=1e-3", "--seed", "3"])
     assert cfg.env.num_envs == 8 and cfg.algo.optimizer.lr == 1e-3 and cfg.seed == 3
-    assert cfg.algo.rollout_steps == 128 and cfg.env.id == "CartPole-v1"
+    assert cfg.algo.rollout_steps == 64 and cfg.env.id == "CartPole-v1"
     _, cfg = build_config("ppo", ["exp=ppo_halfcheetah", "--total_steps", "4096"])
     assert cfg.env.id == "HalfCheetah-v5" and cfg.env.normalize_observation and cfg.algo.rollout_steps == 2048
     assert cfg.algo.total_steps == 4096

@@ -249,7 +249,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoints
 
 def test_budget_rounding_and_no_learning_warn_once(capsys):
     cli.build_config("ppo", ["--total_steps", "100"])
-    assert "algo.total_steps=100 is rounded to 512 policy steps" in capsys.readouterr().err
+    assert "algo.total_steps=100 is rounded to 256 policy steps" in capsys.readouterr().err
     cli.build_config("td3", ["--env_id", "Pendulum-v1", "--total_steps", "15000"])
     err = capsys.readouterr().err
     assert "algo.total_steps=15000 ends before algo.learning_starts=25000: the run would never train" in err

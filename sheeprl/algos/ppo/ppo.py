@@ -52,7 +52,7 @@ def train(
     ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers);
     ``clip_coef`` the surrogate clip of this update (default ``algo.clip_coef``; the value clip always uses
     ``algo.clip_coef``). Epoch e visits the rows in the order ``perms[e]`` (default: drawn here, one
-    ``torch.randperm`` per epoch), ``algo.minibatch_size`` of them per gradient step; ``share = (i, k)`` makes this
+    ``torch.randperm`` per epoch), ``algo.minibatch_size`` of them (0: all) per gradient step; ``share = (i, k)`` makes this
     rank compute the i-th of k equal slices of every minibatch (decoupled PPO's trainers: DDP averages the k
     slices' gradients into the gradient of the whole minibatch).
     """
@@ -67,19 +67,23 @@ def train(
     n = data.batch_size[0]
     if perms is None:  # all drawn first, so that an early stop (target_kl) leaves the same random stream behind
         perms = [torch.randperm(n) for _ in range(a.update_epochs)]
-    size = a.minibatch_size // share[1]
+    minibatch_size = a.minibatch_size or n  # 0: the whole rollout, one gradient step per epoch
+    size = minibatch_size // share[1]
     lo, hi = share[0] * size, (share[0] + 1) * size
     epochs = []  # per epoch, one row per minibatch: the logged statistics, read from the device once at the end
     for perm in perms:
         rows = []
-        for minibatch in perm.split(a.minibatch_size):
+        for minibatch in perm.split(minibatch_size):
             idx = minibatch[lo:hi]
             batch = {k: v[idx] for k, v in columns.items()}
             old_logp = batch["logprobs"]
             new_logp, entropy, new_values = agent({k: batch[k] for k in obs_keys}, batch["actions"])
             adv = batch["advantages"]
-            if normalize and adv.numel() > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            if normalize and minibatch.numel() > 1:
+                # Statistics of the whole minibatch, not of this rank's slice: a decoupled trainer then scales its
+                # slice exactly as coupled PPO scales the minibatch.
+                whole = columns["advantages"][minibatch] if share[1] > 1 else adv
+                adv = (adv - whole.mean()) / (whole.std() + 1e-8)
             pg = policy_loss(new_logp, old_logp, adv, clip_coef)
             v = value_loss(new_values, batch["values"], batch["returns"], vclip, clip_vloss)
             ent = entropy_loss(entropy)

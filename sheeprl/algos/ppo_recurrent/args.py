@@ -24,6 +24,8 @@ class PPORecurrentArgs(PPOArgs):
     mlp_layers: int = arg(1, "hidden layers of the actor and critic heads after the core")
     # CleanRL / sb3-contrib style values (feed-forward PPO's own defaults are tuned for fully observed CartPole).
     update_epochs: int = arg(4, "passes over each rollout")
+    gamma: float = arg(0.99, "discount factor")
+    gae_lambda: float = arg(0.95, "GAE lambda")
     clip_vloss: bool = arg(True, "clip the value loss around the old value estimate")
     clip_schedule: str = arg(
         "constant", "schedule of the surrogate clip over the run: constant, linear (to 0) or cosine"
