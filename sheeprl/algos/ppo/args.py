@@ -4,7 +4,7 @@ Defaults learn classic-control tasks without a preset: RL Zoo's CartPole-v1 PPO 
 minibatch of the whole rollout, gamma 0.98, GAE lambda 0.8, normalized advantages, gradient norm 0.5, vf_coef 0.5, lr
 1e-3 and the surrogate clip both annealed to 0) on the 4 envs every algorithm defaults to, so 64 steps per env make
 RL Zoo's 256-transition rollout. CartPole-v1's training return reaches 475 on seeds 1-10 within 39k policy steps
-(decoupled, 3 processes: 48k); seeds 1-5 of both stay above 400 to 100k, 9 and 8 of 10 seeds do (benchmarks/learning.py,
+(decoupled, 3 processes: 45k); seeds 1-5 of both stay above 400 to 100k, 9 and 10 of 10 seeds do (benchmarks/learning.py,
 README: PPO on CartPole still collapses now and then after solving it, on every setting measured).
 ``exp=ppo_cartpole`` holds CleanRL's "37 implementation details" settings, ``exp=ppo_halfcheetah`` CleanRL's MuJoCo ones.
 """

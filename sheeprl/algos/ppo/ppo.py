@@ -52,9 +52,9 @@ def train(
     ``group`` is the process group of the ranks that train together (None: all ranks; decoupled PPO: the trainers);
     ``clip_coef`` the surrogate clip of this update (default ``algo.clip_coef``; the value clip always uses
     ``algo.clip_coef``). Epoch e visits the rows in the order ``perms[e]`` (default: drawn here, one
-    ``torch.randperm`` per epoch), ``algo.minibatch_size`` of them (0: all) per gradient step; ``share = (i, k)`` makes this
-    rank compute the i-th of k equal slices of every minibatch (decoupled PPO's trainers: DDP averages the k
-    slices' gradients into the gradient of the whole minibatch).
+    ``torch.randperm`` per epoch), ``algo.minibatch_size`` of them (0: all) per gradient step; ``share = (i, k)``
+    makes this rank compute the i-th of k equal slices of every minibatch (decoupled PPO's trainers: DDP averages
+    the k slices' gradients into the gradient of the whole minibatch).
     """
     a = cfg.algo
     obs_keys = [*a.cnn_keys.encoder, *a.mlp_keys.encoder]
