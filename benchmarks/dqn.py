@@ -137,6 +137,7 @@ def rainbow_grad_steps(grad_steps: int) -> None:
     from sheeprl.data.frames import FrameReplayBuffer
     from sheeprl.data.prioritized import PrioritizedSampler
     from sheeprl.envs import make_vector_env
+    from sheeprl.utils.optim import GradientStep
     from sheeprl.utils.targets import make_target
 
     torch.set_num_threads(1)
@@ -197,12 +198,11 @@ def rainbow_grad_steps(grad_steps: int) -> None:
     dq = fabric.setup_module(dq_raw)
     dtarget = make_target(fabric, dq)
     dopt = fabric.setup_optimizers(dqn_loop.make_optimizer(dq_raw, dcfg))
+    dupdate = GradientStep(fabric, dq, dopt, dcfg.algo.max_grad_norm)
 
     def dqn_step() -> None:
         batch = rb.sample(32, sample_next_obs=True)[0]
-        dqn_loop.train(
-            fabric, dq, dtarget, dopt, dict(batch.items()), dcfg.algo.gamma, dcfg.algo.double, dcfg.algo.max_grad_norm
-        )
+        dqn_loop.train(dupdate, dtarget, dict(batch.items()), dcfg.algo.gamma, dcfg.algo.double)
 
     print(f"MinAtar/Breakout-v1 shapes {tuple(shape)}, batch 32, 1 thread, prioritized frame buffer of {n}")
     r = measure("rainbow (all components, sampling included)", rainbow_step)

@@ -222,3 +222,73 @@ def test_scheduler_state_round_trips():
     sched2.load_state_dict(sched.state_dict())
     opt.step(), sched.step(), opt2.step(), sched2.step()
     assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+
+
+def _net_and_data(seed: int):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    return net, torch.randn(16, 4), torch.randn(16, 3)
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e6])  # no clip, a clip that bites, one that does not
+def test_gradient_step_matches_fabrics_own_calls_bit_for_bit(max_norm):
+    """GradientStep (lean zero / backward / clip / step) leaves the same weights and optimizer state as
+    ``zero_grad(set_to_none=True)``, ``fabric.backward``, ``fabric.clip_gradients`` and ``optimizer.step()``."""
+    from lightning.fabric import Fabric
+
+    from sheeprl.utils.optim import GradientStep, clip_grad_norm
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    results = []
+    for lean in (False, True):
+        net, x, y = _net_and_data(0)
+        module = fabric.setup_module(net)
+        cfg = OptimizerConfig(name="Adam", lr=1e-2)
+        optimizer = fabric.setup_optimizers(build_optimizer(net.parameters(), OmegaConf.structured(cfg)))
+        update = GradientStep(fabric, module, optimizer, max_norm)
+        assert update.lean and update.forward is net and update.plain is net
+        norms = []
+        for _ in range(5):
+            if lean:
+                norms.append(update(torch.nn.functional.mse_loss(update.forward(x), y)))
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(torch.nn.functional.mse_loss(module(x), y))
+                if max_norm > 0:
+                    norms.append(fabric.clip_gradients(module, optimizer, max_norm=max_norm))
+                optimizer.step()
+        results.append(([p.detach().clone() for p in net.parameters()], norms, optimizer.state_dict()))
+    (p0, n0, s0), (p1, n1, s1) = results
+    assert all(torch.equal(a, b) for a, b in zip(p0, p1, strict=True))
+    if max_norm > 0:
+        assert all(torch.equal(a, b) for a, b in zip(n0, n1, strict=True))
+        if max_norm < 1:
+            assert all(float(n) > max_norm for n in n1)  # the clip did scale the gradients
+    for k, v in s0["state"].items():
+        assert all(torch.equal(v[name], s1["state"][k][name]) for name in v)
+    # The clip alone against torch's, on gradients of mixed sizes.
+    net, x, y = _net_and_data(1)
+    torch.nn.functional.mse_loss(net(x), y).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    expected = torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+    for p, g in zip(net.parameters(), grads, strict=True):
+        p.grad = g
+    assert torch.equal(clip_grad_norm(list(net.parameters()), 0.1), expected)
+
+
+def test_gradient_step_leaves_mixed_precision_to_fabric():
+    """With a precision plugin of its own (here bf16 autocast) every part of the step is Fabric's."""
+    from lightning.fabric import Fabric
+
+    from sheeprl.utils.optim import GradientStep
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    net, x, y = _net_and_data(0)
+    module = fabric.setup_module(net)
+    optimizer = fabric.setup_optimizers(torch.optim.Adam(net.parameters(), lr=1e-2))
+    update = GradientStep(fabric, module, optimizer, 1.0)
+    assert not update.lean and update.forward is module and update.plain is net
+    before = [p.detach().clone() for p in net.parameters()]
+    norm = update(torch.nn.functional.mse_loss(update.forward(x).float(), y))
+    assert norm is not None and torch.isfinite(norm)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))

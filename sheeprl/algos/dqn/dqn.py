@@ -31,7 +31,7 @@ from sheeprl.data import ReplayBuffer
 from sheeprl.data.collector import Collector
 from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.envs import make_vector_env
-from sheeprl.utils.optim import build_optimizer
+from sheeprl.utils.optim import GradientStep, build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
@@ -43,37 +43,31 @@ if TYPE_CHECKING:
 
 
 def train(
-    fabric: Fabric,
-    q: Any,
+    update: GradientStep,
     target_q: QNetwork,
-    optimizer: Any,
     batch: dict[str, Tensor],
     gamma: float,
     double: bool = False,
-    max_grad_norm: float = 0.0,
     next_q_target: Optional[Tensor] = None,
+    target: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
     """One gradient step on ``batch``; returns the detached loss and mean Q.
 
-    ``next_q_target``: Q'(s') of the batch when the caller computed it already (see :func:`target_values`).
+    ``update`` holds the online network, its optimizer and the gradient clip. ``next_q_target``: Q'(s') of the
+    batch, and ``target``: its TD target y, when the caller computed them already (see :func:`burst_targets`).
     Plain Python hyperparameters, not ``cfg.algo``: an OmegaConf lookup costs microseconds, paid on every step.
     """
     keys = target_q.encoder.keys
-    obs = {k: batch[k] for k in keys}
-    next_obs = {k: batch[f"next_{k}"] for k in keys}
-    with torch.no_grad():
-        next_q_online = q.module(next_obs) if double else None
-        discounts = gamma * (1.0 - batch["terminated"])
-        if next_q_target is None:
-            next_q_target = target_q(next_obs)
-        target = td_target(batch["rewards"], discounts, next_q_target, next_q_online)
-    q_values = q(obs)
+    if target is None:
+        next_obs = {k: batch[f"next_{k}"] for k in keys}
+        with torch.no_grad():
+            next_q_online = update.plain(next_obs) if double else None
+            if next_q_target is None:
+                next_q_target = target_q(next_obs)
+            target = td_target(batch["rewards"], gamma * (1.0 - batch["terminated"]), next_q_target, next_q_online)
+    q_values = update.forward({k: batch[k] for k in keys})
     loss, _ = q_loss(q_values, batch["actions"], target)
-    optimizer.zero_grad(set_to_none=True)
-    fabric.backward(loss)
-    if max_grad_norm > 0:
-        fabric.clip_gradients(q, optimizer, max_norm=max_grad_norm)
-    optimizer.step()
+    update(loss)
     return {"Loss/q_loss": loss.detach(), "Info/q_mean": q_values.detach().mean()}
 
 
@@ -92,6 +86,17 @@ def target_values(target_q: QNetwork, data: dict[str, Tensor], start: int, count
     next_obs = {k: data[f"next_{k}"][start : start + count].flatten(0, 1) for k in target_q.encoder.keys}
     values = target_q(next_obs)
     return values.view(count, -1, values.shape[-1])
+
+
+@torch.no_grad()
+def burst_targets(next_q: Tensor, data: dict[str, Tensor], start: int, gamma: float) -> Tensor:
+    """Plain DQN's TD targets ``(count, B)`` of the batches whose Q'(s') ``next_q`` ``(count, B, A)`` holds.
+
+    They depend on the target network alone (double DQN's argmax reads the online network, which changes every
+    step: it computes its targets in :func:`train`). The same operations as one batch at a time, on more rows.
+    """
+    rows = slice(start, start + next_q.shape[0])
+    return td_target(data["rewards"][rows], gamma * (1.0 - data["terminated"][rows]), next_q, None)
 
 
 def target_chunk(data: dict[str, Tensor], keys: list[str], batch: int) -> int:
@@ -185,6 +190,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         else:
             train_from = max(a.learning_starts, run.start_step + a.learning_starts)  # refill before training again
     optimizer = fabric.setup_optimizers(optimizer)
+    update = GradientStep(fabric, q, optimizer, float(a.max_grad_norm))
 
     def state_fn() -> dict[str, Any]:
         out = {
@@ -208,7 +214,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
 
     # The loop reads plain Python numbers: an OmegaConf lookup costs microseconds, paid on every step.
     eps_start, eps_end, exploration_steps = float(a.eps_start), float(a.eps_end), int(a.exploration_steps)
-    gamma, double, max_grad_norm = float(a.gamma), bool(a.double), float(a.max_grad_norm)
+    gamma, double = float(a.gamma), bool(a.double)
     total_steps, target_every, tau = int(a.total_steps), int(a.target_update_every), float(a.tau)
     train_every = int(a.train_every)
     on_cpu = device.type == "cpu"
@@ -243,11 +249,11 @@ def main(fabric: Fabric, cfg: Any) -> None:
                         # Q' stays fixed until its next update: its values for the batches before then in one pass.
                         n = min(steps - i, target_every - gradient_steps % target_every, chunk)
                         next_q = target_values(target_q, data, i, n)
+                        targets = None if double else burst_targets(next_q, data, i, gamma)
                         for j in range(n):
                             batch = {k: v[i + j] for k, v in data.items()}
-                            losses = train(
-                                fabric, q, target_q, optimizer, batch, gamma, double, max_grad_norm, next_q[j]
-                            )
+                            y = None if targets is None else targets[j]
+                            losses = train(update, target_q, batch, gamma, double, next_q[j], y)
                             gradient_steps += 1
                         if gradient_steps % target_every == 0:
                             update_target(q, target_q, tau)
