@@ -1,7 +1,7 @@
 # ruff: noqa: I001  (runs in the SheepRL 0.8.4 interpreter: its sheeprl is a third-party package there)
 """Run by benchmarks/dreamer_v3.py inside the SheepRL 0.8.4 interpreter: times SheepRL's own dreamer_v3 ``train()``.
 
-    ../peers/sheeprl084/bin/python benchmarks/_sheeprl084_dreamer_v3.py SIZE BATCH SEQ STEPS
+    ../peers/sheeprl084/bin/python benchmarks/_sheeprl084_dreamer_v3.py SIZE BATCH SEQ STEPS [THREADS]
 
 Same batch as this project's benchmark: CartPole-v1-shaped vectors (4 floats, 2 discrete actions), random rows.
 Prints one JSON line ``{"grad_steps_per_s": ..., "per_cpu_s": ...}`` (per wall and per CPU second).
@@ -21,7 +21,7 @@ from lightning.fabric import Fabric
 from omegaconf import OmegaConf
 
 size, batch, seq, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else 1)
 torch.manual_seed(0)
 from sheeprl.algos.dreamer_v3.agent import build_agent  # noqa: E402
 from sheeprl.algos.dreamer_v3.dreamer_v3 import train  # noqa: E402

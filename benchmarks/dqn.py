@@ -183,10 +183,11 @@ def rainbow_grad_steps(grad_steps: int) -> None:
     q = fabric.setup_module(q_raw)
     target = make_target(fabric, q)
     opt = fabric.setup_optimizers(rainbow.make_optimizer(q_raw, cfg))
+    update = GradientStep(fabric, q, opt, cfg.algo.max_grad_norm)
 
     def rainbow_step() -> None:
         rows, w, batch = rainbow.sample_batch(rb, sampler, cfg, 32, 100_000, [key], fabric.device)
-        _, prio = rainbow.train(fabric, q, target, opt, batch, w, cfg)
+        _, prio = rainbow.train(update, target, batch, w, cfg)
         sampler.update(rows, prio)
 
     dcfg = OmegaConf.merge(

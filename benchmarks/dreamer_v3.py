@@ -75,14 +75,14 @@ def ours(size: str, batch: int, seq: int, steps: int, compile_: bool = False) ->
     return {"grad_steps_per_s": steps / (time.perf_counter() - t0), "per_cpu_s": steps / (time.process_time() - c0)}
 
 
-def sheeprl(python: str, size: str, batch: int, seq: int, steps: int) -> dict[str, float] | None:
+def sheeprl(python: str, size: str, batch: int, seq: int, steps: int, threads: int = 1) -> dict[str, float] | None:
     if not Path(python).exists():
         return None
     proc = subprocess.run(
-        [python, str(PEER), size, str(batch), str(seq), str(steps)],
+        [python, str(PEER), size, str(batch), str(seq), str(steps), str(threads)],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -123,7 +123,7 @@ def main() -> None:
     print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
     for size in args.sizes:
         # Interleaved: ours, SheepRL, then ours again, so both see the same machine load.
-        peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps)
+        peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps, args.threads)
         mine = ours(size, args.batch, args.seq, args.steps)
         line = f"  {size:>3}: this project wall {mine['grad_steps_per_s']:7.3f} cpu {mine['per_cpu_s']:7.3f}"
         if args.compile:

@@ -370,10 +370,11 @@ class GradientStep:
         self.max_grad_norm = float(max_grad_norm)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.lean = type(strategy.precision) is Precision and type(strategy) in (SingleDeviceStrategy, DDPStrategy)
-        inner = getattr(module, "module", None)
-        # DDP's forward registers the gradient all-reduce: only a single process may skip the wrapper.
+        from sheeprl.utils.targets import unwrap
+
         # The user's module, for passes without a gradient (DDP's forward would sync buffers for nothing).
-        self.plain: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else module
+        self.plain: torch.nn.Module = unwrap(module)
+        # DDP's forward registers the gradient all-reduce: only a single process may skip the wrapper.
         self.single = self.lean and type(strategy) is SingleDeviceStrategy
         self.forward: torch.nn.Module = self.plain if self.single else module
 

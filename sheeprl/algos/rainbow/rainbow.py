@@ -34,28 +34,29 @@ from sheeprl.data.frames import FrameReplayBuffer
 from sheeprl.data.nstep import nstep_batch, uniform_rows
 from sheeprl.data.prioritized import PrioritizedSampler, beta_schedule, last_rows
 from sheeprl.envs import make_vector_env
-from sheeprl.utils.optim import build_optimizer
+from sheeprl.utils.optim import GradientStep, build_optimizer
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.schedules import linear_schedule
-from sheeprl.utils.targets import make_target, unwrap, update_target
+from sheeprl.utils.targets import make_target, update_target
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
 
 
 def train(
-    fabric: Fabric,
-    q: Any,
+    update: GradientStep,
     target_q: RainbowNetwork,
-    optimizer: Any,
     batch: dict[str, Tensor],
     weights: Optional[Tensor],
     cfg: Any,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """One gradient step on an n-step ``batch``; returns the detached losses and the new priorities (B,)."""
+    """One gradient step on an n-step ``batch``; returns the detached losses and the new priorities (B,).
+
+    ``update`` holds the online network, its optimizer and the gradient clip (``algo.max_grad_norm``).
+    """
     a = cfg.algo
-    online: RainbowNetwork = unwrap(q)
+    online: RainbowNetwork = update.plain  # type: ignore[assignment]
     keys = target_q.encoder.keys
     obs = {k: batch[k] for k in keys}
     next_obs = {k: batch[f"next_{k}"] for k in keys}
@@ -71,17 +72,13 @@ def train(
             target = project_distribution(next_probs, batch["rewards"], batch["discounts"], target_q.support)
         else:
             target = td_target(batch["rewards"], batch["discounts"], next_q_target, next_q_online)
-    q_values, log_probs = q(obs)
+    q_values, log_probs = update.forward(obs)
     if online.distributional:
         loss, priorities = distributional_loss(log_probs, batch["actions"], target, weights)
     else:
         loss, td = q_loss(q_values, batch["actions"], target, weights)
         priorities = td.abs()
-    optimizer.zero_grad(set_to_none=True)
-    fabric.backward(loss)
-    if a.max_grad_norm > 0:
-        fabric.clip_gradients(q, optimizer, max_norm=a.max_grad_norm)
-    optimizer.step()
+    update(loss)
     return {"Loss/q_loss": loss.detach(), "Info/q_mean": q_values.detach().mean()}, priorities
 
 
@@ -196,6 +193,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
         else:
             train_from = max(a.learning_starts, run.start_step + a.learning_starts)
     optimizer = fabric.setup_optimizers(optimizer)
+    update = GradientStep(fabric, q, optimizer, float(a.max_grad_norm))
 
     def state_fn() -> dict[str, Any]:
         out = {
@@ -236,7 +234,7 @@ def main(fabric: Fabric, cfg: Any) -> None:
                 with run.timer("train"):
                     for _ in range(steps):
                         rows, weights, batch = sample_batch(rb, sampler, cfg, batch_per_rank, policy_step, keys, device)
-                        losses, priorities = train(fabric, q, target_q, optimizer, batch, weights, cfg)
+                        losses, priorities = train(update, target_q, batch, weights, cfg)
                         if sampler is not None:
                             sampler.update(rows, priorities)
                         gradient_steps += 1

@@ -43,6 +43,7 @@ from sheeprl.algos.sac.sac_decoupled import gradient_steps_due, round_length, tr
 from sheeprl.data.collector import Collector
 from sheeprl.envs import make_vector_env
 from sheeprl.utils.decoupled import DecoupledComm, setup_decoupled
+from sheeprl.utils.optim import GradientStep
 from sheeprl.utils.ratio import Ratio
 from sheeprl.utils.run import Run
 from sheeprl.utils.targets import make_target, update_target
@@ -142,6 +143,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
     q = comm.wrap_ddp(q_raw)  # DDP copies trainer 1's weights
     target_q = make_target(fabric, q, group=comm.trainer_group)  # after DDP: the same on every trainer (checked)
     optimizer = make_optimizer(q_raw, cfg)
+    update = GradientStep(fabric, q, optimizer, float(a.max_grad_norm))
     ratio = Ratio(a.replay_ratio)
     gradient_steps = 0
     if run.state:
@@ -173,7 +175,7 @@ def trainer(fabric: Fabric, cfg: Any, comm: DecoupledComm, run: Run) -> None:
                     batch = {k: v[:, i] for k, v in data.items()}
                     weights = batch.pop("weights")  # all ones without prioritized replay
                     weights = weights if a.prioritized else None
-                    losses, prio = train(fabric, q, target_q, optimizer, batch, weights, cfg)
+                    losses, prio = train(update, target_q, batch, weights, cfg)
                     priorities.append(prio)
                     gradient_steps += 1
                     if gradient_steps % a.target_update_every == 0:
