@@ -1,7 +1,7 @@
 """Dreamer V3 update throughput against SheepRL 0.8.4, at equal model sizes, batch and sequence length.
 
-    OMP_NUM_THREADS=1 python benchmarks/dreamer_v3.py [--steps 5] [--sizes XS S] [--profile]
-        [--sheeprl_python ../peers/sheeprl084/bin/python]
+    OMP_NUM_THREADS=1 python benchmarks/dreamer_v3.py [--steps 5] [--sizes XS S] [--rounds 3] [--threads 1]
+        [--profile] [--sheeprl_python ../peers/sheeprl084/bin/python]
 
 One gradient step = world model + imagination (horizon 15) + actor + critic + slow critic, on a CartPole-v1-shaped
 vector batch (4 observations, 2 discrete actions), batch 16 x sequence 64 (the paper's), on a buffer of random
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per size; medians when > 1")
     parser.add_argument("--compile", action="store_true", help="also time --algo.compile")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sheeprl_python", default="../peers/sheeprl084/bin/python")
@@ -122,20 +124,35 @@ def main() -> None:
     print(f"Dreamer V3 gradient steps/s, batch {args.batch} x sequence {args.seq}, {args.threads} thread(s), CPU")
     print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
     for size in args.sizes:
-        # Interleaved: ours, SheepRL, then ours again, so both see the same machine load.
-        peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps, args.threads)
-        mine = ours(size, args.batch, args.seq, args.steps)
-        line = f"  {size:>3}: this project wall {mine['grad_steps_per_s']:7.3f} cpu {mine['per_cpu_s']:7.3f}"
-        if args.compile:
-            comp = ours(size, args.batch, args.seq, args.steps, True)
-            line += f" | compiled wall {comp['grad_steps_per_s']:7.3f} cpu {comp['per_cpu_s']:7.3f}"
-        if peer:
-            line += (
-                f" | SheepRL 0.8.4 wall {peer['grad_steps_per_s']:7.3f} cpu {peer['per_cpu_s']:7.3f}"
-                f" | ratio wall {mine['grad_steps_per_s'] / peer['grad_steps_per_s']:5.2f}x"
-                f" cpu {mine['per_cpu_s'] / peer['per_cpu_s']:5.2f}x"
+        ratios: list[tuple[float, float]] = []
+        for r in range(args.rounds):
+            # Interleaved rounds, the order alternating (SheepRL first, then ours first, ...), so that both sides
+            # see the same machine: on a shared 2-core VM one side's speed moved by up to 25% between minutes.
+            if r % 2 == 0:
+                peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps, args.threads)
+                mine = ours(size, args.batch, args.seq, args.steps)
+            else:
+                mine = ours(size, args.batch, args.seq, args.steps)
+                peer = sheeprl(args.sheeprl_python, size, args.batch, args.seq, args.steps, args.threads)
+            line = f"  {size:>3}: this project wall {mine['grad_steps_per_s']:7.3f} cpu {mine['per_cpu_s']:7.3f}"
+            if args.compile:
+                comp = ours(size, args.batch, args.seq, args.steps, True)
+                line += f" | compiled wall {comp['grad_steps_per_s']:7.3f} cpu {comp['per_cpu_s']:7.3f}"
+            if peer:
+                wall = mine["grad_steps_per_s"] / peer["grad_steps_per_s"]
+                cpu = mine["per_cpu_s"] / peer["per_cpu_s"]
+                ratios.append((wall, cpu))
+                line += (
+                    f" | SheepRL 0.8.4 wall {peer['grad_steps_per_s']:7.3f} cpu {peer['per_cpu_s']:7.3f}"
+                    f" | ratio wall {wall:5.2f}x cpu {cpu:5.2f}x"
+                )
+            print(line, flush=True)
+        if len(ratios) > 1:
+            wall_m = statistics.median(w for w, _ in ratios)
+            cpu_m = statistics.median(c for _, c in ratios)
+            print(
+                f"  {size:>3}: median of {len(ratios)} rounds: ratio wall {wall_m:5.2f}x cpu {cpu_m:5.2f}x", flush=True
             )
-        print(line, flush=True)
     if args.profile:
         profile(args.sizes[0], args.batch, args.seq)
 
