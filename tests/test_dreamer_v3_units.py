@@ -132,11 +132,42 @@ def test_sparse_one_hot_layers_match_dense():
     h, a = torch.randn(7, 8), torch.randn(7, 3)
     idx = torch.randint(5, (7, 4))
     dense = lin(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2), a), -1))
-    assert torch.allclose(sparse_linear(lin, idx, 5, before=h, after=a), dense, atol=1e-5)
+    assert torch.allclose(sparse_linear(lin.weight, idx, 5, before=h, after=a, bias=lin.bias), dense, atol=1e-5)
     net = mlp(8 + 20, 16, 2, 3)
     with torch.no_grad():
         sparse = mlp_sparse(net, h, idx, 5)
     assert torch.allclose(sparse, net(torch.cat((h, F.one_hot(idx, 5).float().flatten(-2)), -1)), atol=1e-5)
+
+
+def test_fused_no_grad_heads_match_each_head_on_its_own():
+    """Reward, continue and slow-critic heads with their first layers run as one wider layer give what each head
+    gives on its own, on the states each one is needed for (rewards and continues of states 1..H, slow-critic values
+    of states 0..H-1)."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dreamer_v3.agent import build_agent, cached_one_hot_tables
+    from sheeprl.algos.dreamer_v3.args import DreamerV3Config
+    from sheeprl.algos.dreamer_v3.dreamer_v3 import no_grad_heads, per_step
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.structured(DreamerV3Config)
+    cfg.algo.size = "XS"
+    agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(2), cfg)
+    for p in agent.parameters():
+        p.data.normal_(0.0, 0.05)  # the zero-initialized heads would make the check trivial
+    rssm, bins = agent.world_model.rssm, agent.bins
+    hs, idx = torch.randn(6, 9, rssm.deter), torch.randint(rssm.classes, (6, 9, rssm.stoch))
+    with torch.no_grad(), cached_one_hot_tables():
+        rewards, cont, slow = no_grad_heads(agent, hs, idx, rssm.classes)
+        expected = (
+            per_step(agent.world_model.reward, hs[1:], idx[1:], rssm.classes, lambda x: two_hot_mean(x, bins)),
+            per_step(agent.world_model.cont, hs[1:], idx[1:], rssm.classes, lambda x: torch.sigmoid(x.squeeze(-1))),
+            per_step(agent.slow_critic, hs[:-1], idx[:-1], rssm.classes, lambda x: two_hot_mean(x, bins)),
+        )
+    for got, want in zip((rewards, cont, slow), expected, strict=True):
+        assert got.shape == want.shape == (5, 9) and want.abs().max() > 0
+        assert torch.allclose(got, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("stoch,classes", [(3, 5), (2, 32)])  # dense and sparse-product weight gradients

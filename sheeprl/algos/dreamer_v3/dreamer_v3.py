@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from sheeprl.algos.dreamer_v3.agent import Agent, Player, build_agent, cached_one_hot_tables, mlp_sparse
+from sheeprl.algos.dreamer_v3.agent import (
+    Agent,
+    Player,
+    build_agent,
+    cached_one_hot_tables,
+    fuse_first_layers,
+    heads_sparse,
+    mlp_sparse,
+)
 from sheeprl.algos.dreamer_v3.loss import PercentileNormalizer, kl_loss, two_hot_ce, two_hot_loss, two_hot_mean
 from sheeprl.data.sequence import EnvSequenceBuffer
 from sheeprl.envs import make_vector_env
@@ -107,6 +115,28 @@ def per_step(
     return torch.stack([fn(mlp_sparse(net, hs[t], idx[t], classes)) for t in range(hs.shape[0])])
 
 
+@torch.no_grad()
+def no_grad_heads(agent: Agent, hs: Tensor, idx: Tensor, classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rewards and continue probabilities of imagined states 1..H, slow-critic values of states 0..H-1.
+
+    The three heads read the same ``[h, one_hot(z)]``: their first layers run as one (:func:`heads_sparse`), the
+    rest of each head only on the states it is needed for (measured: ~4% of an update at size S).
+    """
+    wm, bins = agent.world_model, agent.bins
+    nets = (wm.reward, wm.cont, agent.slow_critic)
+    fused = fuse_first_layers(nets)
+    rewards, cont, slow = [], [], []
+    last = hs.shape[0] - 1
+    for t in range(last + 1):
+        r, c, v = heads_sparse(nets, fused, hs[t], idx[t], classes, keep=(t > 0, t > 0, t < last))
+        if t > 0:
+            rewards.append(two_hot_mean(r, bins))
+            cont.append(torch.sigmoid(c.squeeze(-1)))
+        if t < last:
+            slow.append(two_hot_mean(v, bins))
+    return torch.stack(rewards), torch.stack(cont), torch.stack(slow)
+
+
 def behaviour_loss(
     agent: Agent, start: tuple, normalizer: PercentileNormalizer, cfg: Any, reduce: Optional[Callable] = None
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -124,11 +154,9 @@ def behaviour_loss(
         # With grad on the H states the critic loss reads (it reuses these logits); the last state only bootstraps.
         critic_logits = per_step(agent.critic, hs[:-1], idx[:-1], classes)
         with torch.no_grad():
-            rewards = per_step(wm.reward, hs[1:], idx[1:], classes, lambda x: two_hot_mean(x, bins))
-            cont = per_step(wm.cont, hs[1:], idx[1:], classes, lambda x: torch.sigmoid(x.squeeze(-1)))
+            rewards, cont, slow = no_grad_heads(agent, hs, idx, classes)
             last = per_step(agent.critic, hs[-1:], idx[-1:], classes, lambda x: two_hot_mean(x, bins))
             values = torch.cat((two_hot_mean(critic_logits.detach(), bins), last))
-            slow = per_step(agent.slow_critic, hs[:-1], idx[:-1], classes, lambda x: two_hot_mean(x, bins))
             returns = lambda_returns(rewards, values[1:], 1.0 - cont, torch.zeros_like(cont), a.gamma, a.lmbda)
         logp, entropy = agent.actor.log_prob_entropy(None, actions, out)  # type: ignore[arg-type]
     else:
