@@ -25,6 +25,7 @@ from torch.optim import optimizer as _optimizer_module
 
 from sheeprl.config import ConfigError, OptimizerConfig
 from sheeprl.utils import dynamo
+from sheeprl.utils.targets import unwrap
 
 dynamo.patch_optimizers()  # before any optimizer exists (a no-op unless the CLI deferred torch._dynamo)
 
@@ -370,8 +371,6 @@ class GradientStep:
         self.max_grad_norm = float(max_grad_norm)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.lean = type(strategy.precision) is Precision and type(strategy) in (SingleDeviceStrategy, DDPStrategy)
-        from sheeprl.utils.targets import unwrap
-
         # The user's module, for passes without a gradient (DDP's forward would sync buffers for nothing).
         self.plain: torch.nn.Module = unwrap(module)
         # DDP's forward registers the gradient all-reduce: only a single process may skip the wrapper.
