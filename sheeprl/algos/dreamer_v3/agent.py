@@ -81,7 +81,7 @@ def sample_onehot(probs: Tensor, straight_through: bool = True) -> Tensor:
     return sample + probs - probs.detach() if straight_through else sample
 
 
-_TABLES: Optional[dict[tuple[int, int, int], Tensor]] = None
+_TABLES: Optional[dict[tuple[int, int, int], tuple[Tensor, Tensor]]] = None
 
 
 @contextmanager
@@ -102,9 +102,10 @@ def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
     if _TABLES is None or (torch.is_grad_enabled() and weight.requires_grad):
         return weight[:, nb : nb + nz].t().contiguous()
     key = (id(weight), nb, nz)
-    if key not in _TABLES:
-        _TABLES[key] = weight.detach()[:, nb : nb + nz].t().contiguous()
-    return _TABLES[key]
+    cached = _TABLES.get(key)
+    if cached is None or cached[0] is not weight:  # an id is unique only while its tensor lives: keep it alive
+        cached = _TABLES[key] = (weight, weight.detach()[:, nb : nb + nz].t().contiguous())
+    return cached[1]
 
 
 def sparse_linear(
@@ -188,8 +189,7 @@ def mlp_sparse(net: nn.Sequential, h: Tensor, idx: Tensor, classes: int) -> Tens
 def fuse_first_layers(nets: Sequence[nn.Sequential]) -> tuple[Tensor, Optional[Tensor], list[int]]:
     """The first layers of ``nets`` (heads that read the same latent) as one layer: ``(weight, bias, widths)``.
 
-    Built once per update (the weights change at every optimizer step); with a graph when the weights train, so the
-    gradient of the wide layer reaches each head's own weight.
+    A copy of the weights, for passes without a gradient: build it once per update, after the optimizer steps.
     """
     firsts = [net[0] for net in nets]
     widths = [int(f.weight.shape[0]) for f in firsts]
@@ -198,26 +198,20 @@ def fuse_first_layers(nets: Sequence[nn.Sequential]) -> tuple[Tensor, Optional[T
         bias = torch.cat(
             [f.bias if f.bias is not None else f.weight.new_zeros(w) for f, w in zip(firsts, widths, strict=True)]
         )
-    return torch.cat([f.weight for f in firsts]), bias, widths
+    return torch.cat([f.weight for f in firsts]).detach(), None if bias is None else bias.detach(), widths
 
 
+@torch.no_grad()
 def heads_sparse(
     nets: Sequence[nn.Sequential], fused: tuple[Tensor, Optional[Tensor], list[int]], h: Tensor, idx: Tensor,
     classes: int, keep: Optional[Sequence[bool]] = None,
 ) -> list[Optional[Tensor]]:  # fmt: skip
-    """``[net(cat(h, one_hot(idx))) for net in nets]`` (as :func:`mlp_sparse`), their first layers ``fused``
-    (:func:`fuse_first_layers`) run as one: one ``embedding_bag`` and one matrix product as wide as all of them
-    instead of one of each per head, and a wider product runs nearer the CPU's peak. ``keep[i]`` False: head ``i``
-    stops after the shared layer (None in its place)."""
+    """``[net(cat(h, one_hot(idx))) for net in nets]`` without a gradient (as :func:`mlp_sparse`), their first
+    layers ``fused`` (:func:`fuse_first_layers`) run as one :func:`sparse_linear`: one ``embedding_bag`` and one
+    matrix product as wide as all of them instead of one of each per head (a wider product runs nearer the CPU's
+    peak). ``keep[i]`` False: head ``i`` stops after the shared layer (None in its place)."""
     weight, bias, widths = fused
-    if torch.is_grad_enabled() and weight.requires_grad:
-        stoch = idx.shape[-1]
-        flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
-        x = _LatentLinear.apply(h.reshape(-1, h.shape[-1]), flat, weight, stoch * classes)
-        x = x.view(*idx.shape[:-1], -1) if bias is None else x.view(*idx.shape[:-1], -1) + bias
-    else:
-        x = sparse_linear(weight, idx, classes, before=h, bias=bias)
-    parts = x.split(widths, -1)
+    parts = sparse_linear(weight, idx, classes, before=h, bias=bias).split(widths, -1)
     return [
         net[1:](part) if keep is None or keep[i] else None
         for i, (net, part) in enumerate(zip(nets, parts, strict=True))
