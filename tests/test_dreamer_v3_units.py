@@ -170,6 +170,62 @@ def test_fused_no_grad_heads_match_each_head_on_its_own():
         assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_padded_linear_is_a_linear_with_the_same_outputs():
+    """The two-hot heads' 255-output layer runs padded to 256: same state dict, bit-equal outputs, same gradients."""
+    from sheeprl.algos.dreamer_v3.agent import PaddedLinear
+
+    torch.manual_seed(0)
+    padded, plain = PaddedLinear(32, 255), torch.nn.Linear(32, 255)
+    plain.load_state_dict(padded.state_dict())
+    assert isinstance(mlp(8, 32, 1, 255)[-1], PaddedLinear) and type(mlp(8, 32, 1, 256)[-1]) is torch.nn.Linear
+    x = torch.randn(3, 40, 32, requires_grad=True)
+    out = padded(x)
+    assert out.shape == (3, 40, 255) and torch.equal(out, plain(x))
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, padded.weight, padded.bias), g)
+    want = torch.autograd.grad(plain(x), (x, plain.weight, plain.bias), g)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_world_model_gradients_with_deferred_weight_gradients_match_plain_autograd():
+    """The posterior loop's weight gradients, computed once after the backward, equal autograd's per-step ones."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dreamer_v3.agent import build_agent
+    from sheeprl.algos.dreamer_v3.args import DreamerV3Config
+    from sheeprl.algos.dreamer_v3.dreamer_v3 import world_model_loss
+
+    cfg = OmegaConf.structured(DreamerV3Config)
+    cfg.algo.size = "XXS"
+    torch.manual_seed(0)
+    agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(2), cfg)
+    T, B = 12, 3
+    first = torch.zeros(T, B)
+    first[0], first[5, 1] = 1, 1  # an episode starts inside the window too
+    batch = {
+        "state": torch.randn(T, B, 4),
+        "actions": F.one_hot(torch.randint(2, (T, B)), 2).float(),
+        "rewards": torch.randn(T, B),
+        "terminated": torch.zeros(T, B),
+        "is_first": first,
+    }
+    rssm = agent.world_model.rssm
+    grads = []
+    for deferred in (True, False):
+        if not deferred:
+            rssm.step = rssm.step  # a replaced `step` (e.g. compiled) turns the deferral off
+        agent.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        loss, _, _ = world_model_loss(agent, batch, cfg)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in agent.world_model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "rssm.gru.linear.weight" in grads[0]
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("stoch,classes", [(3, 5), (2, 32)])  # dense and sparse-product weight gradients
 def test_trained_sparse_layer_gradients_match_dense(stoch, classes):
     """With gradients on, the first layer never builds the one-hot input: same values and gradients as dense."""

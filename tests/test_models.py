@@ -183,6 +183,58 @@ def test_layernorm_gru_cell_no_bias():
     assert cell(torch.randn(2, 3)).shape == (2, 4)
 
 
+def _gru_loop(cell: LayerNormGRUCell, pre: nn.Linear, xs: torch.Tensor, h: torch.Tensor, deferred: bool):
+    """A recurrent loop like Dreamer's filter: a per-step input layer, then the GRU; the last step's output unused."""
+    from sheeprl.models.deferred import DeferredWeightGrads
+
+    dw = DeferredWeightGrads(pre=pre.weight, gru=cell.linear.weight) if deferred else None
+    outs = []
+    for t in range(xs.shape[0]):
+        # The first step's input does not depend on h: the deferred gradients must still wait for its backward.
+        u = torch.tanh(pre(xs[t]) if dw is None else dw.linear("pre", xs[t], pre.bias))
+        gru = None if dw is None else (lambda v: dw.linear("gru", v, cell.linear.bias))
+        h = cell(u, h, linear=gru)
+        outs.append(h)
+    return torch.stack(outs[:-1])
+
+
+def test_deferred_weight_grads_match_autograd():
+    """Weight gradients computed once after the loop equal autograd's per-step sums (up to the order of the adds);
+    input gradients and outputs are unchanged."""
+    cell, pre = LayerNormGRUCell(6, 10), nn.Linear(3, 6)
+    xs = torch.randn(7, 4, 3, requires_grad=True)
+    h0 = torch.randn(4, 10, requires_grad=True)
+    target = torch.randn(6, 4, 10)
+    results = []
+    for deferred in (False, True):
+        for t in (cell.parameters(), pre.parameters(), (xs, h0)):
+            for p in t:
+                p.grad = None
+        out = _gru_loop(cell, pre, xs, h0, deferred)
+        ((out - target) ** 2).sum().backward()
+        grads = [p.grad.clone() for p in (*cell.parameters(), *pre.parameters(), xs, h0)]
+        results.append((out.detach(), grads))
+    (out0, grads0), (out1, grads1) = results
+    assert torch.allclose(out0, out1, atol=1e-6)
+    assert all(g.abs().sum() > 0 for g in grads0)
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        assert torch.allclose(g0, g1, atol=1e-5, rtol=1e-5)
+
+
+def test_deferred_weight_grads_free_their_rows_and_run_again():
+    """One instance per forward pass: after its backward the saved rows are gone, and a second pass works."""
+    from sheeprl.models.deferred import DeferredWeightGrads
+
+    lin = nn.Linear(3, 2, bias=False)
+    for _ in range(2):
+        lin.weight.grad = None
+        dw = DeferredWeightGrads(w=lin.weight)
+        x = torch.randn(5, 3)
+        dw.linear("w", x).sum().backward()
+        assert torch.allclose(lin.weight.grad, x.sum(0).expand(2, 3))
+        assert dw.inputs == {"w": []} and dw.grads == {"w": {}}
+
+
 # ---------------------------------------------------------------- encoders
 
 

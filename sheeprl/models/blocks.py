@@ -6,7 +6,7 @@ Every block accepts extra leading dimensions (e.g. ``(T, B, ...)``), so sequence
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -300,10 +300,17 @@ class LayerNormGRUCell(nn.Module):
         self.linear = nn.Linear(input_size + hidden_size, 3 * hidden_size, bias=bias)
         self.norm = nn.LayerNorm(3 * hidden_size)
 
-    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        hx: torch.Tensor | None = None,
+        linear: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``linear`` replaces the call of ``self.linear`` on ``[x, hx]`` (same weights, e.g. with a deferred weight
+        gradient: :class:`~sheeprl.models.deferred.DeferredWeightGrads`)."""
         if hx is None:
             hx = x.new_zeros(*x.shape[:-1], self.hidden_size)
-        gates = self.norm(self.linear(torch.cat((x, hx), dim=-1)))
+        gates = self.norm((self.linear if linear is None else linear)(torch.cat((x, hx), dim=-1)))
         reset, cand, update = gates.chunk(3, dim=-1)
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from sheeprl.algos.dreamer_v3.loss import make_bins, symlog, two_hot_mean
 from sheeprl.models.blocks import CNN, DeCNN, LayerNormGRUCell
+from sheeprl.models.deferred import DeferredWeightGrads
 
 # The paper's model sizes (Hafner et al., 2023, table of model sizes): GRU units, CNN multiplier, dense units,
 # MLP layers. "XXS" is this project's CPU size for quick learning runs and tests.
@@ -41,6 +42,17 @@ def model_dims(a: Any) -> dict[str, int]:
     return dims
 
 
+class PaddedLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose product runs with its outputs padded by zero rows to a
+    multiple of 16: MKL's single-precision product with 255 outputs (the two-hot heads' bins) took ~1.5x as long as
+    with 256 on an AVX2 CPU, and the zero rows change none of the other outputs."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad = -self.out_features % 16
+        bias = None if self.bias is None else F.pad(self.bias, (0, pad))
+        return F.linear(x, F.pad(self.weight, (0, 0, 0, pad)), bias)[..., : self.out_features]
+
+
 def mlp(in_dim: int, units: int, layers: int, out_dim: Optional[int] = None, zero_out: bool = False) -> nn.Sequential:
     """``layers`` x (Linear -> LayerNorm -> SiLU), then an optional Linear head (zero-initialized if ``zero_out``)."""
     mods: list[nn.Module] = []
@@ -49,7 +61,7 @@ def mlp(in_dim: int, units: int, layers: int, out_dim: Optional[int] = None, zer
         mods += [nn.Linear(last, units, bias=False), nn.LayerNorm(units), nn.SiLU()]
         last = units
     if out_dim is not None:
-        head = nn.Linear(last, out_dim)
+        head = PaddedLinear(last, out_dim) if out_dim > 64 and out_dim % 16 else nn.Linear(last, out_dim)
         if zero_out:  # reward and critic start predicting 0, so early returns are not noise (paper, section 3)
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -126,12 +138,15 @@ def sparse_linear(
     stoch = idx.shape[-1]
     nz = stoch * classes
     flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
-    out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum").view(*idx.shape[:-1], w.shape[0])
+    out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum")
+    # The dense blocks' products accumulate into the gathered sum in place (no separate add over the output).
     if before is not None:
-        out = out + F.linear(before, w[:, :nb])
+        out.addmm_(before.reshape(-1, nb), w[:, :nb].t())
     if after is not None:
-        out = out + F.linear(after, w[:, nb + nz :])
-    return out if bias is None else out + bias
+        out.addmm_(after.reshape(-1, after.shape[-1]), w[:, nb + nz :].t())
+    if bias is not None:
+        out += bias
+    return out.view(*idx.shape[:-1], w.shape[0])
 
 
 class _LatentLinear(torch.autograd.Function):
@@ -148,7 +163,7 @@ class _LatentLinear(torch.autograd.Function):
         nb = h.shape[-1]
         ctx.save_for_backward(h, flat, weight)
         ctx.nz = nz
-        return F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum") + h @ weight[:, :nb].t()
+        return F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum").addmm_(h, weight[:, :nb].t())
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
@@ -316,8 +331,13 @@ class RSSM(nn.Module):
         z = z.to(h.dtype).flatten(-2)
         return h, z
 
-    def step(self, h: Tensor, z: Tensor, action: Tensor) -> Tensor:
-        return self.gru(self.pre(torch.cat((z, action), -1)), h)
+    def step(self, h: Tensor, z: Tensor, action: Tensor, dw: Optional[DeferredWeightGrads] = None) -> Tensor:
+        """The next ``h``; with ``dw`` (inside :meth:`observe`) the two layers' weight gradients are deferred."""
+        u = torch.cat((z, action), -1)
+        if dw is None:
+            return self.gru(self.pre(u), h)
+        gru_linear = lambda x: dw.linear("gru", x, self.gru.linear.bias)  # noqa: E731
+        return self.gru(self.pre[1:](dw.linear("pre", u)), h, linear=gru_linear)
 
     def observe(self, embed: Tensor, actions: Tensor, is_first: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Filter a ``(T, B)`` sequence; at ``is_first`` the state restarts from the initial one and the action is 0.
@@ -329,16 +349,29 @@ class RSSM(nn.Module):
         h0, z0 = self.initial(B)
         first = is_first.unsqueeze(-1).bool()
         actions = actions.masked_fill(first, 0.0)
-        # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence.
-        w_post = self.post[0].weight
-        w_h, post_embed = w_post[:, : self.deter], F.linear(embed, w_post[:, self.deter :])
+        # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence
+        # (unbound: indexing it per step would give each step's backward a zero-filled (T, B, units) gradient).
+        w_post, post_out = self.post[0].weight, self.post[-1]
+        w_h, post_embed = w_post[:, : self.deter], F.linear(embed, w_post[:, self.deter :]).unbind(0)
+        # The loop's products have 16-row inputs (the batch): their weight gradients run once over all T * B rows
+        # after the backward instead of per step (not under autocast, nor when `step` was replaced, e.g. compiled).
+        dw = None
+        if torch.is_grad_enabled() and w_h.requires_grad and "step" not in vars(self):
+            if not torch.is_autocast_enabled(embed.device.type):
+                dw = DeferredWeightGrads(
+                    pre=self.pre[0].weight, gru=self.gru.linear.weight, post_h=w_h, post_out=post_out.weight
+                )
         h, z = h0, z0
         hs, zs, posts = [], [], []
         for t in range(T):
             h = torch.where(first[t], h0, h)
             z = torch.where(first[t], z0, z)
-            h = self.step(h, z, actions[t])
-            logits = self.post[1:](F.linear(h, w_h) + post_embed[t])
+            if dw is None:
+                h = self.step(h, z, actions[t])
+                logits = self.post[1:](F.linear(h, w_h) + post_embed[t])
+            else:
+                h = self.step(h, z, actions[t], dw)
+                logits = dw.linear("post_out", self.post[1:-1](dw.linear("post_h", h) + post_embed[t]), post_out.bias)
             post = unimix_probs(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix)
             z = sample_onehot(post).flatten(-2)
             hs.append(h)
