@@ -120,6 +120,14 @@ def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
     return cached[1]
 
 
+def add_product(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``out + x @ weight.T``, accumulated into ``out`` in place (no separate pass over the output) when nothing
+    would cast: under autocast or with mixed dtypes the product is the ordinary (cast) one."""
+    if out.dtype == x.dtype == weight.dtype and not torch.is_autocast_enabled(out.device.type):
+        return out.addmm_(x, weight.t())
+    return out + F.linear(x, weight)
+
+
 def sparse_linear(
     weight: Tensor,
     idx: Tensor,
@@ -139,13 +147,12 @@ def sparse_linear(
     nz = stoch * classes
     flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
     out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum")
-    # The dense blocks' products accumulate into the gathered sum in place (no separate add over the output).
     if before is not None:
-        out.addmm_(before.reshape(-1, nb), w[:, :nb].t())
+        out = add_product(out, before.reshape(-1, nb), w[:, :nb])
     if after is not None:
-        out.addmm_(after.reshape(-1, after.shape[-1]), w[:, nb + nz :].t())
+        out = add_product(out, after.reshape(-1, after.shape[-1]), w[:, nb + nz :])
     if bias is not None:
-        out += bias
+        out = out + bias
     return out.view(*idx.shape[:-1], w.shape[0])
 
 
@@ -163,7 +170,7 @@ class _LatentLinear(torch.autograd.Function):
         nb = h.shape[-1]
         ctx.save_for_backward(h, flat, weight)
         ctx.nz = nz
-        return F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum").addmm_(h, weight[:, :nb].t())
+        return add_product(F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum"), h, weight[:, :nb])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
