@@ -54,8 +54,9 @@ class DeferredWeightGrads:
 
     ``DeferredWeightGrads(gru=cell.linear.weight, ...)`` before the loop, then ``linear("gru", x_t, bias)`` instead
     of ``F.linear(x_t, weight, bias)`` at each step. A weight may be a slice of a parameter (its gradient reaches
-    the parameter through the slice). Use one instance per forward pass, with full precision: under autocast the
-    steps' products would not be the ones autograd differentiates.
+    the parameter through the slice). Use one instance per forward pass and one backward through it (the saved rows
+    are freed when its gradients are computed: no ``retain_graph`` second pass), with full precision: under autocast
+    the steps' products would not be the ones autograd differentiates.
     """
 
     def __init__(self, **weights: Tensor) -> None:
