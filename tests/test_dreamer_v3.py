@@ -125,6 +125,21 @@ def test_dreamer_v3_two_processes(cli, tmp_path):
     assert torch.load(_ckpt(run), weights_only=False)["policy_step"] == 128
 
 
+@pytest.mark.distributed
+def test_dreamer_v3_two_processes_train_before_the_buffer_fills(cli, tmp_path):
+    """learning_starts 0: training waits until every env holds a sequence, and the ranks must agree on when that is
+    although their episodes end at different steps (each end adds a row): this once left the ranks waiting on each
+    other's collectives forever."""
+    proc = cli(
+        "dreamer_v3", "--env_id", "CartPole-v1", *TINY, "--algo.learning_starts", "0", "--algo.sequence_length", "16",
+        "--total_steps", "128", "--devices", "2", "--eval_episodes", "0", "--fabric.timeout_s", "120", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "logs")
+    # Trained from policy step 60 (the first row plus 15 steps' rows per env), on both ranks alike.
+    assert [s for s, _ in scalars(run)["Loss/world_model_loss"]] == [64, 96, 128]
+
+
 def test_dreamer_v3_bad_input(cli, tmp_path):
     proc = cli("dreamer_v3", "--algo.size", "XXXL", cwd=tmp_path)
     assert proc.returncode == 2 and "algo.size" in proc.stderr

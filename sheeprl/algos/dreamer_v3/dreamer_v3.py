@@ -363,6 +363,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
     zeros = torch.zeros(num_envs)
     store(obs_t, torch.zeros(num_envs, player.action_dim), zeros, zeros, torch.ones(num_envs))
     player.reset()
+    # A lower bound on len(rb) that every rank agrees on: equal here (a loaded buffer is rank 0's copy on every rank),
+    # then one more per env step (an episode's end adds a second row). Gating training on len(rb) itself let ranks
+    # whose episodes had ended differently start training at different steps and wait on each other forever.
+    rows = len(rb)
     policy_step = run.start_step
     image_key = a.cnn_keys.encoder[0] if a.cnn_keys.encoder else None
     next_image = (policy_step // a.image_every + 1) * a.image_every if a.image_every and image_key else None
@@ -396,10 +400,11 @@ def main(fabric: Fabric, cfg: Any) -> None:
             else:
                 store(next_t, actions, rew, term, zeros)
             obs_t = next_t
+            rows += 1
             run.record_episodes(infos)
 
         # ---- learn: replay_ratio gradient steps per policy step, one batch sampled at a time
-        if policy_step > train_from and len(rb) >= a.sequence_length:
+        if policy_step > train_from and rows >= a.sequence_length:
             steps = ratio(num_envs * world)
             if steps > 0:
                 with run.timer("train"):
