@@ -363,10 +363,11 @@ def main(fabric: Fabric, cfg: Any) -> None:
     zeros = torch.zeros(num_envs)
     store(obs_t, torch.zeros(num_envs, player.action_dim), zeros, zeros, torch.ones(num_envs))
     player.reset()
-    # A lower bound on len(rb) that every rank agrees on: equal here (a loaded buffer is rank 0's copy on every rank),
-    # then one more per env step (an episode's end adds a second row). Gating training on len(rb) itself let ranks
-    # whose episodes had ended differently start training at different steps and wait on each other forever.
-    rows = len(rb)
+    # Training also waits until every env holds a sequence. len(rb) is equal on every rank here (a loaded buffer is
+    # rank 0's copy everywhere) and then grows by at least one row per env step, so the first step from which that
+    # holds is known now and is the same on every rank. (Gating on len(rb) itself, which an episode's end moves by
+    # two rows, let ranks whose episodes ended differently start training apart and wait on each other forever.)
+    train_from = max(train_from, run.start_step + (a.sequence_length - len(rb)) * num_envs * world - 1)
     policy_step = run.start_step
     image_key = a.cnn_keys.encoder[0] if a.cnn_keys.encoder else None
     next_image = (policy_step // a.image_every + 1) * a.image_every if a.image_every and image_key else None
@@ -400,11 +401,10 @@ def main(fabric: Fabric, cfg: Any) -> None:
             else:
                 store(next_t, actions, rew, term, zeros)
             obs_t = next_t
-            rows += 1
             run.record_episodes(infos)
 
         # ---- learn: replay_ratio gradient steps per policy step, one batch sampled at a time
-        if policy_step > train_from and rows >= a.sequence_length:
+        if policy_step > train_from:
             steps = ratio(num_envs * world)
             if steps > 0:
                 with run.timer("train"):
