@@ -1,13 +1,14 @@
 """Dreamer V3 update throughput against SheepRL 0.8.4, at equal model sizes, batch and sequence length.
 
     OMP_NUM_THREADS=1 python benchmarks/dreamer_v3.py [--steps 5] [--sizes XS S] [--rounds 3] [--threads 1]
-        [--profile] [--sheeprl_python ../peers/sheeprl084/bin/python]
+        [--cpu_matmul auto|onednn|mkl] [--profile] [--sheeprl_python ../peers/sheeprl084/bin/python]
 
 One gradient step = world model + imagination (horizon 15) + actor + critic + slow critic, on a CartPole-v1-shaped
 vector batch (4 observations, 2 discrete actions), batch 16 x sequence 64 (the paper's), on a buffer of random
 rows. Prints gradient steps/s for this project and, when the SheepRL 0.8.4 interpreter exists, for SheepRL's
 ``train()`` on the same sizes (run in that interpreter by ``benchmarks/_sheeprl084_dreamer_v3.py``), and the ratio.
-``--profile`` prints where this project's time goes (torch.profiler, top ops).
+``--cpu_matmul`` is the run flag ``fabric.cpu_matmul`` (which library computes the large float32 products,
+:mod:`sheeprl.models.gemm`); ``--profile`` prints where this project's time goes (torch.profiler, top ops).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
 
+from sheeprl.models import gemm  # noqa: E402
 from sheeprl.utils.memory import keep_freed_memory  # noqa: E402
 
 PEER = Path(__file__).with_name("_sheeprl084_dreamer_v3.py")
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per size; medians when > 1")
     parser.add_argument("--compile", action="store_true", help="also time --algo.compile")
+    parser.add_argument("--cpu_matmul", default="auto", choices=["auto", "onednn", "mkl"])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sheeprl_python", default="../peers/sheeprl084/bin/python")
     args = parser.parse_args()
@@ -121,7 +124,9 @@ def main() -> None:
     # What a run's set-up does (sheeprl/utils/run.py): denormals flushed, freed memory kept for the next step.
     torch.set_flush_denormal(True)
     keep_freed_memory()
+    gemm.set_backend(args.cpu_matmul)
     print(f"Dreamer V3 gradient steps/s, batch {args.batch} x sequence {args.seq}, {args.threads} thread(s), CPU")
+    print(f"  large float32 products: {'oneDNN' if gemm.use_onednn() else 'MKL'} (--cpu_matmul {args.cpu_matmul})")
     print("  (wall: gradient steps per second; cpu: per CPU-second of the process, robust on a shared machine)")
     for size in args.sizes:
         ratios: list[tuple[float, float]] = []

@@ -86,6 +86,11 @@ class FabricConfig:
         "CPU: flush denormal floats to zero (x86 FTZ/DAZ). Adam's second moments decay into the denormal range, "
         "where CPU arithmetic is ~100x slower; false keeps IEEE gradual underflow",
     )
+    cpu_matmul: str = arg(
+        "auto",
+        "CPU float32 products of large layers (sheeprl.models.gemm; Dreamer V3): onednn, mkl, or auto = oneDNN on "
+        "AMD CPUs with AVX-512 (where MKL runs AVX2 kernels at about half the speed), MKL elsewhere",
+    )
     heap_cache: bool = arg(
         True,
         "CPU (Linux, glibc): keep freed memory in the process heap for the next step's tensors instead of mapping "
@@ -220,6 +225,8 @@ def validate_common(cfg: Any) -> None:
         raise ConfigError("env.atari.repeat_action_probability must lie in [0, 1]")
     if cfg.fabric.num_threads is not None and cfg.fabric.num_threads < 1:
         raise ConfigError(f"fabric.num_threads must be >= 1, got {cfg.fabric.num_threads}")
+    if cfg.fabric.cpu_matmul not in ("auto", "onednn", "mkl"):
+        raise ConfigError(f"fabric.cpu_matmul must be auto, onednn or mkl, got {cfg.fabric.cpu_matmul!r}")
     if not cfg.algo.cnn_keys.encoder and not cfg.algo.mlp_keys.encoder:
         raise ConfigError("select at least one observation key: algo.cnn_keys.encoder or algo.mlp_keys.encoder")
 

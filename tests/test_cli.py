@@ -119,6 +119,7 @@ BAD_INPUTS = [
     (["ppo", "--num_envs", "abc"], "env.num_envs"),
     (["ppo", "--num_envs", "0"], "env.num_envs must be >= 1"),
     (["ppo", "--timeout_s", "0"], "fabric.timeout_s must be >= 1"),
+    (["ppo", "--cpu_matmul", "blas"], "fabric.cpu_matmul must be auto, onednn or mkl, got 'blas'"),
     (["ppo", "--minibatch_size", "100"], "does not divide"),
     (["ppo", "algo.nonexistent=3"], "unknown config key 'algo.nonexistent'"),
     (["ppo", "exp=nope"], "unknown preset exp=nope"),

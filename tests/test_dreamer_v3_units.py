@@ -23,6 +23,8 @@ from sheeprl.algos.dreamer_v3.loss import (
     two_hot_mean,
 )
 from sheeprl.data.sequence import EnvSequenceBuffer
+from sheeprl.models import gemm
+from sheeprl.models.gemm import Linear
 from sheeprl.utils.returns import lambda_returns
 
 
@@ -177,7 +179,7 @@ def test_padded_linear_is_a_linear_with_the_same_outputs():
     torch.manual_seed(0)
     padded, plain = PaddedLinear(32, 255), torch.nn.Linear(32, 255)
     plain.load_state_dict(padded.state_dict())
-    assert isinstance(mlp(8, 32, 1, 255)[-1], PaddedLinear) and type(mlp(8, 32, 1, 256)[-1]) is torch.nn.Linear
+    assert isinstance(mlp(8, 32, 1, 255)[-1], PaddedLinear) and type(mlp(8, 32, 1, 256)[-1]) is Linear
     x = torch.randn(3, 40, 32, requires_grad=True)
     out = padded(x)
     assert out.shape == (3, 40, 255) and torch.equal(out, plain(x))
@@ -317,3 +319,56 @@ def test_sequence_buffer_memmap_and_uint8(tmp_path):
     out = rb.sample(3, 4)
     assert out["rgb"].dtype == torch.uint8
     assert any(torch.equal(out["rgb"][0, 0, 0], frame[0, e]) for e in range(2))
+
+
+@pytest.mark.skipif(not gemm._onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_update_gradients_match_between_cpu_matmul_backends(monkeypatch):
+    """A whole update's gradients (world model, actor, critic) through oneDNN equal MKL's, at a size where the
+    layers' products take oneDNN (sheeprl.models.gemm), including the sparse latent layers and deferred gradients."""
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    from sheeprl.algos.dreamer_v3.agent import build_agent, cached_one_hot_tables
+    from sheeprl.algos.dreamer_v3.args import DreamerV3Config
+    from sheeprl.algos.dreamer_v3.dreamer_v3 import behaviour_loss, world_model_loss
+
+    cfg = OmegaConf.structured(DreamerV3Config)
+    cfg.algo.size = "XS"
+    cfg.algo.horizon = 4
+    torch.manual_seed(0)
+    agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(2), cfg)
+    T, B = 16, 8
+    first = torch.zeros(T, B)
+    first[0] = 1
+    batch = {
+        "state": torch.randn(T, B, 4),
+        "actions": F.one_hot(torch.randint(2, (T, B)), 2).float(),
+        "rewards": torch.randn(T, B),
+        "terminated": torch.zeros(T, B),
+        "is_first": first,
+    }
+    products = []
+    real = gemm._product
+    monkeypatch.setattr(gemm, "_product", lambda *a: products.append(1) or real(*a))
+    grads = []
+    try:
+        for backend in ("mkl", "onednn"):
+            gemm.set_backend(backend)
+            agent.zero_grad(set_to_none=True)
+            torch.manual_seed(1)
+            loss, _, start = world_model_loss(agent, batch, cfg)
+            loss.backward()
+            agent.world_model.requires_grad_(False)
+            with cached_one_hot_tables():
+                policy, value, _ = behaviour_loss(agent, start, PercentileNormalizer(), cfg, None)
+            (policy + value).backward()
+            agent.world_model.requires_grad_(True)
+            grads.append({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
+            if backend == "mkl":
+                assert products == []
+    finally:
+        gemm.set_backend("auto")
+    assert len(products) > 50  # the oneDNN pass ran its large products there
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("actor.") for n in grads[0])
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-3), name

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from sheeprl.models.gemm import Linear
+
 __all__ = [
     "CNN",
     "MLP",
@@ -297,7 +299,7 @@ class LayerNormGRUCell(nn.Module):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.linear = nn.Linear(input_size + hidden_size, 3 * hidden_size, bias=bias)
+        self.linear = Linear(input_size + hidden_size, 3 * hidden_size, bias=bias)
         self.norm = nn.LayerNorm(3 * hidden_size)
 
     def forward(

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from sheeprl.models import gemm
 
 
 class _Collect(torch.autograd.Function):
@@ -39,13 +40,13 @@ class _StepLinear(torch.autograd.Function):
         ctx.store, ctx.key = store, key
         ctx.slot = store.record(key, x)
         ctx.save_for_backward(weight)
-        return F.linear(x, weight)
+        return gemm.linear(x, weight)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
         (weight,) = ctx.saved_tensors
         ctx.store.grads[ctx.key][ctx.slot] = grad
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_x = gemm.mm(grad, weight) if ctx.needs_input_grad[0] else None
         return grad_x, None, grad.new_zeros(()), None, None
 
 
@@ -61,6 +62,8 @@ class DeferredWeightGrads:
 
     def __init__(self, **weights: Tensor) -> None:
         self.weights = weights
+        # The steps' products read a dense copy of a sliced weight: oneDNN (sheeprl.models.gemm) is slow on slices.
+        self.dense = {k: w.detach() if w.is_contiguous() else w.detach().contiguous() for k, w in weights.items()}
         self.inputs: dict[str, list[Tensor]] = {k: [] for k in weights}
         self.grads: dict[str, dict[int, Tensor]] = {k: {} for k in weights}
         self.token = _Collect.apply(self, *weights.values())
@@ -70,7 +73,7 @@ class DeferredWeightGrads:
         return len(self.inputs[key]) - 1
 
     def linear(self, key: str, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        out = _StepLinear.apply(x, self.weights[key].detach(), self.token, self, key)
+        out = _StepLinear.apply(x, self.dense[key], self.token, self, key)
         return out if bias is None else out + bias
 
     def weight_grads(self) -> list[Optional[Tensor]]:
@@ -84,7 +87,7 @@ class DeferredWeightGrads:
             slots = sorted(grads)
             x = torch.cat([xs[i].reshape(-1, xs[i].shape[-1]) for i in slots])
             g = torch.cat([grads[i].reshape(-1, grads[i].shape[-1]) for i in slots])
-            out.append((g.t() @ x).to(weight.dtype))
+            out.append(gemm.mm(g.t(), x).to(weight.dtype))
         self.inputs = {k: [] for k in self.weights}  # the pass is over: free the saved rows
         self.grads = {k: {} for k in self.weights}
         return out

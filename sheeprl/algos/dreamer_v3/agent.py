@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sheeprl.algos.dreamer_v3.loss import make_bins, symlog, two_hot_mean
+from sheeprl.models import gemm
 from sheeprl.models.blocks import CNN, DeCNN, LayerNormGRUCell
 from sheeprl.models.deferred import DeferredWeightGrads
+from sheeprl.models.gemm import Linear
 
 # The paper's model sizes (Hafner et al., 2023, table of model sizes): GRU units, CNN multiplier, dense units,
 # MLP layers. "XXS" is this project's CPU size for quick learning runs and tests.
@@ -42,7 +44,7 @@ def model_dims(a: Any) -> dict[str, int]:
     return dims
 
 
-class PaddedLinear(nn.Linear):
+class PaddedLinear(Linear):
     """``nn.Linear`` (same parameters and state dict) whose product runs with its outputs padded by zero rows to a
     multiple of 16: MKL's single-precision product with 255 outputs (the two-hot heads' bins) took ~1.5x as long as
     with 256 on an AVX2 CPU, and the zero rows change none of the other outputs."""
@@ -50,7 +52,7 @@ class PaddedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         pad = -self.out_features % 16
         bias = None if self.bias is None else F.pad(self.bias, (0, pad))
-        return F.linear(x, F.pad(self.weight, (0, 0, 0, pad)), bias)[..., : self.out_features]
+        return gemm.linear(x, F.pad(self.weight, (0, 0, 0, pad)), bias)[..., : self.out_features]
 
 
 def mlp(in_dim: int, units: int, layers: int, out_dim: Optional[int] = None, zero_out: bool = False) -> nn.Sequential:
@@ -58,10 +60,10 @@ def mlp(in_dim: int, units: int, layers: int, out_dim: Optional[int] = None, zer
     mods: list[nn.Module] = []
     last = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(last, units, bias=False), nn.LayerNorm(units), nn.SiLU()]
+        mods += [Linear(last, units, bias=False), nn.LayerNorm(units), nn.SiLU()]
         last = units
     if out_dim is not None:
-        head = PaddedLinear(last, out_dim) if out_dim > 64 and out_dim % 16 else nn.Linear(last, out_dim)
+        head = PaddedLinear(last, out_dim) if out_dim > 64 and out_dim % 16 else Linear(last, out_dim)
         if zero_out:  # reward and critic start predicting 0, so early returns are not noise (paper, section 3)
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -108,24 +110,35 @@ def cached_one_hot_tables() -> Iterator[None]:
         _TABLES = None
 
 
-def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
-    """``weight[:, nb:nb+nz].T`` contiguous, the ``embedding_bag`` table of a layer's one-hot block (cached inside
-    :func:`cached_one_hot_tables` when no gradient has to reach ``weight`` through it)."""
+def _columns(weight: Tensor, lo: int, hi: int, transpose: bool) -> Tensor:
+    """``weight[:, lo:hi]`` (``.T`` if ``transpose``) as a contiguous copy, cached inside
+    :func:`cached_one_hot_tables` when no gradient has to reach ``weight`` through it."""
     if _TABLES is None or (torch.is_grad_enabled() and weight.requires_grad):
-        return weight[:, nb : nb + nz].t().contiguous()
-    key = (id(weight), nb, nz)
+        block = weight[:, lo:hi]
+        return (block.t() if transpose else block).contiguous()
+    key = (id(weight), lo, hi, transpose)
     cached = _TABLES.get(key)
     if cached is None or cached[0] is not weight:  # an id is unique only while its tensor lives: keep it alive
-        cached = _TABLES[key] = (weight, weight.detach()[:, nb : nb + nz].t().contiguous())
+        block = weight.detach()[:, lo:hi]
+        cached = _TABLES[key] = (weight, (block.t() if transpose else block).contiguous())
     return cached[1]
 
 
-def add_product(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``out + x @ weight.T``, accumulated into ``out`` in place (no separate pass over the output) when nothing
-    would cast: under autocast or with mixed dtypes the product is the ordinary (cast) one."""
+def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
+    """``weight[:, nb:nb+nz].T`` contiguous, the ``embedding_bag`` table of a layer's one-hot block."""
+    return _columns(weight, nb, nb + nz, transpose=True)
+
+
+def add_product(out: Tensor, x: Tensor, weight: Tensor, lo: int = 0, hi: Optional[int] = None) -> Tensor:
+    """``out + x @ weight[:, lo:hi].T``, accumulated into ``out`` in place when nothing would cast (under autocast or
+    with mixed dtypes the product is the ordinary, cast one). A product large enough for oneDNN
+    (:mod:`sheeprl.models.gemm`) reads a contiguous copy of the column block: oneDNN is ~100x slower on a slice."""
+    block = weight[:, lo:hi]
     if out.dtype == x.dtype == weight.dtype and not torch.is_autocast_enabled(out.device.type):
-        return out.addmm_(x, weight.t())
-    return out + F.linear(x, weight)
+        if gemm.use_onednn() and x.shape[0] * block.shape[0] * block.shape[1] >= gemm.MIN_MACS:
+            return out.add_(gemm.linear(x, _columns(weight, lo, block.shape[1] + lo, transpose=False)))
+        return out.addmm_(x, block.t())
+    return out + F.linear(x, block)
 
 
 def sparse_linear(
@@ -148,9 +161,9 @@ def sparse_linear(
     flat = (idx + torch.arange(stoch, device=idx.device) * classes).reshape(-1, stoch)
     out = F.embedding_bag(flat, one_hot_table(w, nb, nz), mode="sum")
     if before is not None:
-        out = add_product(out, before.reshape(-1, nb), w[:, :nb])
+        out = add_product(out, before.reshape(-1, nb), w, 0, nb)
     if after is not None:
-        out = add_product(out, after.reshape(-1, after.shape[-1]), w[:, nb + nz :])
+        out = add_product(out, after.reshape(-1, after.shape[-1]), w, nb + nz)
     if bias is not None:
         out = out + bias
     return out.view(*idx.shape[:-1], w.shape[0])
@@ -170,14 +183,14 @@ class _LatentLinear(torch.autograd.Function):
         nb = h.shape[-1]
         ctx.save_for_backward(h, flat, weight)
         ctx.nz = nz
-        return add_product(F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum"), h, weight[:, :nb])
+        return add_product(F.embedding_bag(flat, one_hot_table(weight, nb, nz), mode="sum"), h, weight, 0, nb)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
         h, flat, weight = ctx.saved_tensors
         grad = grad.contiguous()
         nb = h.shape[-1]
-        grad_h = grad @ weight[:, :nb] if ctx.needs_input_grad[0] else None
+        grad_h = gemm.mm(grad, _columns(weight, 0, nb, transpose=False)) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[2]:
             n, stoch = flat.shape
@@ -189,7 +202,7 @@ class _LatentLinear(torch.autograd.Function):
                 grad_z = torch.sparse.mm(onehot_t, grad).t()
             else:  # few classes: the dense product is cheaper than building the sparse matrix
                 grad_z = grad.t() @ grad.new_zeros(n, ctx.nz).scatter_(1, flat, 1.0)
-            grad_w = torch.cat((grad.t() @ h, grad_z), 1)
+            grad_w = torch.cat((gemm.mm(grad.t(), h), grad_z), 1)
         return grad_h, None, grad_w, None
 
 
@@ -283,7 +296,7 @@ class Decoder(nn.Module):
         m, units, layers = d["cnn_multiplier"], d["dense_units"], d["mlp_layers"]
         if self.cnn_keys:
             self.m = m
-            self.cnn_in = nn.Linear(latent, 8 * m * 16)
+            self.cnn_in = Linear(latent, 8 * m * 16)
             self.decnn = DeCNN(8 * m, [4 * m, 2 * m, m, sum(cnn_channels)], 4, 2, activation="silu",
                                layer_norm=True, paddings=1)  # fmt: skip
         if self.mlp_keys:
@@ -321,7 +334,7 @@ class RSSM(nn.Module):
         deter, units = d["recurrent_state_size"], d["dense_units"]
         self.stoch, self.classes, self.unimix, self.deter = stoch, classes, unimix, deter
         self.z_dim = stoch * classes
-        self.pre = nn.Sequential(nn.Linear(self.z_dim + action_dim, units, bias=False), nn.LayerNorm(units), nn.SiLU())
+        self.pre = nn.Sequential(Linear(self.z_dim + action_dim, units, bias=False), nn.LayerNorm(units), nn.SiLU())
         self.gru = LayerNormGRUCell(units, deter)
         self.prior = mlp(deter, units, 1, self.z_dim)
         self.post = mlp(deter + embed_dim, units, 1, self.z_dim)
@@ -359,7 +372,7 @@ class RSSM(nn.Module):
         # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence
         # (unbound: indexing it per step would give each step's backward a zero-filled (T, B, units) gradient).
         w_post, post_out = self.post[0].weight, self.post[-1]
-        w_h, post_embed = w_post[:, : self.deter], F.linear(embed, w_post[:, self.deter :]).unbind(0)
+        w_h, post_embed = w_post[:, : self.deter], gemm.linear(embed, w_post[:, self.deter :].contiguous()).unbind(0)
         # The loop's products have 16-row inputs (the batch): their weight gradients run once over all T * B rows
         # after the backward instead of per step (not under autocast, nor when `step` was replaced, e.g. compiled).
         dw = None
