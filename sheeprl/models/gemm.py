@@ -9,7 +9,8 @@ linear layers), runs AVX-512 ones there. On a Zen 5 EPYC at 1 thread it did the 
 Two limits decide which products take it: oneDNN has a fixed cost of ~18 us a call, so below ~2M multiply-adds
 MKL is faster; and an operand that is neither contiguous nor a transposed contiguous tensor (a column slice of a
 weight) sends oneDNN to a reference kernel ~100x slower. :func:`linear` and :func:`mm` take oneDNN only for large,
-dense operands and are ``F.linear`` and ``@`` otherwise (other devices and dtypes, autocast, ``torch.compile``).
+dense operands and are ``F.linear`` and ``@`` otherwise (other devices and dtypes, autocast, ``torch.compile``,
+tracing for export).
 
 The backend is chosen once per process: ``fabric.cpu_matmul`` (``auto``: oneDNN on AMD CPUs with AVX-512, MKL
 elsewhere, as before; ``onednn``; ``mkl``). Same seed, same machine, same results; another CPU or backend rounds
@@ -72,14 +73,14 @@ def _dense(t: Tensor) -> bool:
 def _eligible(x: Tensor, weight: Tensor, rows: int) -> bool:
     """``x (*, K) @ weight (N, K).T`` goes to oneDNN."""
     return (
-        x.device.type == "cpu"
+        not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # traced/compiled graphs keep aten's ops
+        and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and weight.dim() == 2
         and rows * weight.shape[0] * weight.shape[1] >= MIN_MACS
         and use_onednn()
         and _dense(weight)
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
     )
 
 
