@@ -52,6 +52,20 @@ def test_linear_matches_f_linear_values_and_gradients(backend, monkeypatch, shap
     assert len(seen) == 3
 
 
+def test_linear_output_takes_in_place_ops(backend):
+    """``Linear -> ReLU(inplace=True)``, as the shared MLP blocks build it, trains through the oneDNN path."""
+    backend("onednn")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(gemm.Linear(64, 256), torch.nn.ReLU(inplace=True), gemm.Linear(256, 1))
+    ref = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    ref.load_state_dict(net.state_dict())
+    for x in (torch.randn(512, 64), torch.randn(4, 128, 64)):
+        net(x).sum().backward()
+        ref(x).sum().backward()
+        for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+            assert torch.allclose(p.grad, q.grad, atol=1e-3, rtol=1e-4)
+
+
 def test_mm_matches_matmul_for_transposed_operands(backend, monkeypatch):
     backend("onednn")
     seen = calls(monkeypatch)

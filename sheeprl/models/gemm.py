@@ -103,23 +103,23 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _Linear(torch.autograd.Function):
-    """``F.linear`` with oneDNN products forward and backward (input, weight gradients)."""
+    """``F.linear`` of a dense 2-D ``x`` with oneDNN products forward and backward (input, weight gradients).
+
+    The output is a new tensor, not a view (autograd forbids in-place ops, e.g. ``ReLU(inplace=True)``, on a view
+    made inside a Function): :func:`linear` reshapes around it."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # type: ignore[override]
-        x2 = x.reshape(-1, x.shape[-1])
-        x2 = x2 if _dense(x2) else x2.contiguous()
-        ctx.save_for_backward(x2, weight)
-        ctx.shape, ctx.has_bias = x.shape, bias is not None
-        return _product(x2, weight, bias).view(*x.shape[:-1], weight.shape[0])
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _product(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
-        x2, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        g = g if _dense(g) else g.contiguous()
-        grad_x = mm(g, weight).view(ctx.shape) if ctx.needs_input_grad[0] else None
-        grad_w = mm(g.t(), x2) if ctx.needs_input_grad[1] else None
+        x, weight = ctx.saved_tensors
+        g = grad if _dense(grad) else grad.contiguous()
+        grad_x = mm(g, weight) if ctx.needs_input_grad[0] else None
+        grad_w = mm(g.t(), x) if ctx.needs_input_grad[1] else None
         grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
 
@@ -130,10 +130,13 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         return F.linear(x, weight, bias)
     if bias is not None and (bias.dtype != torch.float32 or bias.dim() != 1):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _Linear.apply(x, weight, bias)
     x2 = x.reshape(-1, x.shape[-1])
-    return _product(x2 if _dense(x2) else x2.contiguous(), weight, bias).view(*x.shape[:-1], weight.shape[0])
+    x2 = x2 if _dense(x2) else x2.contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        out = _Linear.apply(x2, weight, bias)
+    else:
+        out = _product(x2, weight, bias)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):
