@@ -190,6 +190,19 @@ def test_padded_linear_is_a_linear_with_the_same_outputs():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def cartpole_batch(T: int, B: int) -> dict[str, torch.Tensor]:
+    """A random ``(T, B)`` training batch shaped like CartPole's (4 observations, 2 actions), episodes starting at 0."""
+    first = torch.zeros(T, B)
+    first[0] = 1
+    return {
+        "state": torch.randn(T, B, 4),
+        "actions": F.one_hot(torch.randint(2, (T, B)), 2).float(),
+        "rewards": torch.randn(T, B),
+        "terminated": torch.zeros(T, B),
+        "is_first": first,
+    }
+
+
 def test_world_model_gradients_with_deferred_weight_gradients_match_plain_autograd():
     """The posterior loop's weight gradients, computed once after the backward, equal autograd's per-step ones."""
     import gymnasium as gym
@@ -203,16 +216,8 @@ def test_world_model_gradients_with_deferred_weight_gradients_match_plain_autogr
     cfg.algo.size = "XXS"
     torch.manual_seed(0)
     agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(2), cfg)
-    T, B = 12, 3
-    first = torch.zeros(T, B)
-    first[0], first[5, 1] = 1, 1  # an episode starts inside the window too
-    batch = {
-        "state": torch.randn(T, B, 4),
-        "actions": F.one_hot(torch.randint(2, (T, B)), 2).float(),
-        "rewards": torch.randn(T, B),
-        "terminated": torch.zeros(T, B),
-        "is_first": first,
-    }
+    batch = cartpole_batch(12, 3)
+    batch["is_first"][5, 1] = 1  # an episode starts inside the window too
     rssm = agent.world_model.rssm
     grads = []
     for deferred in (True, False):
@@ -337,16 +342,7 @@ def test_update_gradients_match_between_cpu_matmul_backends(monkeypatch):
     cfg.algo.horizon = 4
     torch.manual_seed(0)
     agent = build_agent(gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (4,))}), gym.spaces.Discrete(2), cfg)
-    T, B = 16, 8
-    first = torch.zeros(T, B)
-    first[0] = 1
-    batch = {
-        "state": torch.randn(T, B, 4),
-        "actions": F.one_hot(torch.randint(2, (T, B)), 2).float(),
-        "rewards": torch.randn(T, B),
-        "terminated": torch.zeros(T, B),
-        "is_first": first,
-    }
+    batch = cartpole_batch(16, 8)
     products = []
     real = gemm._product
     monkeypatch.setattr(gemm, "_product", lambda *a: products.append(1) or real(*a))

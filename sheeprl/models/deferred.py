@@ -62,7 +62,8 @@ class DeferredWeightGrads:
 
     def __init__(self, **weights: Tensor) -> None:
         self.weights = weights
-        # The steps' products read a dense copy of a sliced weight: oneDNN (sheeprl.models.gemm) is slow on slices.
+        # The steps' products read one contiguous copy of a sliced weight per pass: sheeprl.models.gemm would copy
+        # the slice at each step's forward and backward to send the product to oneDNN.
         self.dense = {k: w.detach() if w.is_contiguous() else w.detach().contiguous() for k, w in weights.items()}
         self.inputs: dict[str, list[Tensor]] = {k: [] for k in weights}
         self.grads: dict[str, dict[int, Tensor]] = {k: {} for k in weights}

@@ -6,11 +6,12 @@ linear layers), runs AVX-512 ones there. On a Zen 5 EPYC at 1 thread it did the 
 (1024 rows, 512 to 1536 wide) at 94-107 G multiply-adds/s against MKL's 42-46, forward and input gradient alike
 (weight gradient: 73 against 47), in the same float32 arithmetic (errors against float64 of the same order).
 
-Two limits decide which products take it: oneDNN has a fixed cost of ~18 us a call, so below ~2M multiply-adds
+Two limits shape which products take it: oneDNN has a fixed cost of ~18 us a call, so below ~2M multiply-adds
 MKL is faster; and an operand that is neither contiguous nor a transposed contiguous tensor (a column slice of a
-weight) sends oneDNN to a reference kernel ~100x slower. :func:`linear` and :func:`mm` take oneDNN only for large,
-dense operands and are ``F.linear`` and ``@`` otherwise (other devices and dtypes, autocast, ``torch.compile``,
-tracing for export).
+weight) sends oneDNN to a reference kernel ~100x slower, so such an operand is copied first (a copy costs about
+1/rows of the product). :func:`linear` and :func:`mm` take oneDNN only for large products and are ``F.linear`` and
+``@`` otherwise (other devices and dtypes, autocast, ``torch.compile``, tracing for export). A caller that applies
+the same sliced weight many times can keep a contiguous copy itself (Dreamer's imagination does).
 
 The backend is chosen once per process: ``fabric.cpu_matmul`` (``auto``: oneDNN on AMD CPUs with AVX-512, MKL
 elsewhere, as before; ``onednn``; ``mkl``). Same seed, same machine, same results; another CPU or backend rounds
@@ -70,8 +71,12 @@ def _dense(t: Tensor) -> bool:
     return t.is_contiguous() or t.t().is_contiguous()
 
 
-def _eligible(x: Tensor, weight: Tensor, rows: int) -> bool:
-    """``x (*, K) @ weight (N, K).T`` goes to oneDNN."""
+def _dense_copy(t: Tensor) -> Tensor:
+    return t if _dense(t) else t.contiguous()
+
+
+def wants(x: Tensor, weight: Tensor, rows: int) -> bool:
+    """Whether ``rows`` rows of ``x (*, K) @ weight (N, K).T`` go to oneDNN (:func:`linear` copies a strided operand)."""
     return (
         not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # traced/compiled graphs keep aten's ops
         and x.device.type == "cpu"
@@ -79,13 +84,12 @@ def _eligible(x: Tensor, weight: Tensor, rows: int) -> bool:
         and weight.dim() == 2
         and rows * weight.shape[0] * weight.shape[1] >= MIN_MACS
         and use_onednn()
-        and _dense(weight)
         and not torch.is_autocast_enabled("cpu")
     )
 
 
 def _product(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``x @ weight.T + bias`` by oneDNN (2-D ``x``, both dense)."""
+    """``x @ weight.T + bias`` by oneDNN (2-D ``x``; both must be dense: :func:`_dense`)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -94,11 +98,10 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     if (
         a.dim() == 2
         and b.dim() == 2
-        and _eligible(a, b.t(), a.shape[0])
-        and _dense(a)
+        and wants(a, b.t(), a.shape[0])
         and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
     ):
-        return _product(a, b.t())
+        return _product(_dense_copy(a), _dense_copy(b.t()))
     return a @ b
 
 
@@ -117,7 +120,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        g = grad if _dense(grad) else grad.contiguous()
+        g = _dense_copy(grad)
         grad_x = mm(g, weight) if ctx.needs_input_grad[0] else None
         grad_w = mm(g.t(), x) if ctx.needs_input_grad[1] else None
         grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -126,12 +129,12 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN when :func:`use_onednn` and the product is large and dense."""
-    if x.dim() == 0 or not _eligible(x, weight, x.numel() // max(x.shape[-1], 1)):
+    if x.dim() == 0 or not wants(x, weight, x.numel() // max(x.shape[-1], 1)):
         return F.linear(x, weight, bias)
     if bias is not None and (bias.dtype != torch.float32 or bias.dim() != 1):
         return F.linear(x, weight, bias)
-    x2 = x.reshape(-1, x.shape[-1])
-    x2 = x2 if _dense(x2) else x2.contiguous()
+    x2 = _dense_copy(x.reshape(-1, x.shape[-1]))
+    weight = _dense_copy(weight)  # differentiable: a slice's gradient still reaches its parameter
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         out = _Linear.apply(x2, weight, bias)
     else:

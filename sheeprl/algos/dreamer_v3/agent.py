@@ -131,12 +131,12 @@ def one_hot_table(weight: Tensor, nb: int, nz: int) -> Tensor:
 
 def add_product(out: Tensor, x: Tensor, weight: Tensor, lo: int = 0, hi: Optional[int] = None) -> Tensor:
     """``out + x @ weight[:, lo:hi].T``, accumulated into ``out`` in place when nothing would cast (under autocast or
-    with mixed dtypes the product is the ordinary, cast one). A product large enough for oneDNN
-    (:mod:`sheeprl.models.gemm`) reads a contiguous copy of the column block: oneDNN is ~100x slower on a slice."""
+    with mixed dtypes the product is the ordinary, cast one). A product that goes to oneDNN
+    (:mod:`sheeprl.models.gemm`) reads the column block's contiguous copy, made once per imagination pass."""
     block = weight[:, lo:hi]
     if out.dtype == x.dtype == weight.dtype and not torch.is_autocast_enabled(out.device.type):
-        if gemm.use_onednn() and x.shape[0] * block.shape[0] * block.shape[1] >= gemm.MIN_MACS:
-            return out.add_(gemm.linear(x, _columns(weight, lo, block.shape[1] + lo, transpose=False)))
+        if gemm.wants(x, block, x.shape[0]):
+            return out.add_(gemm.linear(x, _columns(weight, lo, lo + block.shape[1], transpose=False)))
         return out.addmm_(x, block.t())
     return out + F.linear(x, block)
 
@@ -190,7 +190,7 @@ class _LatentLinear(torch.autograd.Function):
         h, flat, weight = ctx.saved_tensors
         grad = grad.contiguous()
         nb = h.shape[-1]
-        grad_h = gemm.mm(grad, _columns(weight, 0, nb, transpose=False)) if ctx.needs_input_grad[0] else None
+        grad_h = gemm.mm(grad, weight[:, :nb]) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[2]:
             n, stoch = flat.shape
@@ -372,7 +372,7 @@ class RSSM(nn.Module):
         # The posterior's first layer reads [h_t, embed_t]: the embed half is one matmul over the whole sequence
         # (unbound: indexing it per step would give each step's backward a zero-filled (T, B, units) gradient).
         w_post, post_out = self.post[0].weight, self.post[-1]
-        w_h, post_embed = w_post[:, : self.deter], gemm.linear(embed, w_post[:, self.deter :].contiguous()).unbind(0)
+        w_h, post_embed = w_post[:, : self.deter], gemm.linear(embed, w_post[:, self.deter :]).unbind(0)
         # The loop's products have 16-row inputs (the batch): their weight gradients run once over all T * B rows
         # after the backward instead of per step (not under autocast, nor when `step` was replaced, e.g. compiled).
         dw = None
